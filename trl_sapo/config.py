@@ -146,7 +146,7 @@ class SAPOConfig(GRPOConfig):
                 UserWarning,
                 stacklevel=3,
             )
-        if self.epsilon != _EPSILON_DEFAULT or self.epsilon_high != self.epsilon:
+        if self.epsilon != _EPSILON_DEFAULT or self.epsilon_high is not None:
             warnings.warn(
                 f"epsilon={self.epsilon}, epsilon_high={self.epsilon_high} only apply to the clipped objective "
                 "(use_sapo_loss=False); with use_sapo_loss=True the trust region is set by sapo_tau_pos/sapo_tau_neg.",
