@@ -33,7 +33,7 @@ class SAPOTrainer(GRPOTrainer):
         "citation": """\
 @article{gao2025sapo,
     title        = {{Soft Adaptive Policy Optimization}},
-    author       = {Chang Gao and others},
+    author       = {Gao and others (Qwen Team)},
     year         = 2025,
     eprint       = {arXiv:2511.20347}
 }""",
