@@ -1,0 +1,215 @@
+"""slurm/train_multinode.sbatch on a real (local, 2-node) SLURM cluster: one 2-process job across both nodes.
+
+The cluster (tests/slurm_cluster.py) needs root and slurm-wlm + munge (`sudo make slurm-setup`); elsewhere the test
+skips and says so. The jobs train scripts/gsm8k_sapo.py on the tiny Llama, synthetic GSM8K, CPU/gloo DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from slurm_cluster import (
+    SlurmCluster,
+    assert_world_size_two,
+    finite_metrics,
+    free_ports,
+    missing_requirements,
+    write_tiny_run,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = REPO_ROOT / "slurm" / "train_multinode.sbatch"
+ACCEL_CONFIG = "accelerate_configs/cpu_2proc_ddp.yaml"  # MULTI_GPU + use_cpu: gloo DDP; sizes come from SLURM
+JOB_TIMEOUT = 150  # s per job; a 2-step tiny run takes ~45 s on 2 shared cores
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A 2-node cluster (n1, n2 on this host) for the whole session; daemons are stopped by pid afterwards."""
+    why = missing_requirements()
+    if why:
+        pytest.skip(f"{why}. Enable with `sudo make slurm-setup` (scripts/setup_slurm.sh), then run pytest as root.")
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+def submit(cluster: SlurmCluster, root: Path, recipe: Path, env: dict, *extra: str) -> tuple[str, dict, float]:
+    """sbatch the launcher on both nodes and wait; return (job id, `scontrol show job` fields, wall seconds)."""
+    start = time.monotonic()
+    job_id = cluster.sbatch(
+        ["--nodes=2", f"--output={root}/slurm-%j.out", str(LAUNCHER), ACCEL_CONFIG, str(recipe), *extra],
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    info = cluster.wait(job_id, timeout=JOB_TIMEOUT)
+    wall = time.monotonic() - start
+    if (info["JobState"], info["ExitCode"]) != ("COMPLETED", "0:0"):
+        pytest.fail(f"job {job_id}: {info['JobState']} {info['ExitCode']}\n{job_report(root, job_id)}")
+    return job_id, info, wall
+
+
+def job_report(root: Path, job_id: str) -> str:
+    parts = []
+    for path in [root / f"slurm-{job_id}.out", *sorted((root / "logs" / job_id).glob("*.log"))]:
+        if path.exists():
+            parts.append(f"--- {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-40:]))
+    return "\n".join(parts)
+
+
+def node_logs(root: Path, job_id: str) -> dict[int, str]:
+    """The launcher's per-node logs, checked to come from machine rank 0 on n1 and rank 1 on n2."""
+    logs = {}
+    for rank in (0, 1):
+        path = root / "logs" / job_id / f"node{rank}.log"
+        assert path.exists(), f"no log for machine rank {rank}: {path}\n{job_report(root, job_id)}"
+        logs[rank] = path.read_text(errors="replace")
+        assert re.search(rf"machine_rank={rank}/2 node=n{rank + 1} ", logs[rank]), logs[rank][-3000:]
+    return logs
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(2 * JOB_TIMEOUT + 90)
+def test_sbatch_two_nodes_trains_one_job_then_resumes(slurm_cluster, tmp_path, tiny_model_path):
+    # use_cpu: false on purpose: on GPU-less nodes the launcher itself must make the processes join one CPU (gloo)
+    # group; without that, each node would silently train alone (world size 1, caught below).
+    recipe, env = write_tiny_run(tmp_path, tiny_model_path, max_steps=2, use_cpu=False)
+    # GPUS_PER_NODE=0: CPU-only nodes even where the host has GPUs, so the expected world size is 2 everywhere.
+    env |= {"LOG_DIR": str(tmp_path / "logs"), "GPUS_PER_NODE": "0"}
+    out = tmp_path / "out"
+
+    job_id, info, wall = submit(slurm_cluster, tmp_path, recipe, env)
+    print(f"job {job_id} on {info['NodeList']}: {info['JobState']} {info['ExitCode']} in {wall:.1f}s")
+    assert info["NumNodes"] == "2"
+    assert_world_size_two(node_logs(tmp_path, job_id))
+
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert [e["step"] for e in finite_metrics(state)] == [1, 2]
+    assert (out / "checkpoint-2" / "trainer_state.json").exists()
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert all(p.isfinite().all() for p in model.parameters())
+
+    # Same job again, two more steps, resumed from the first job's last checkpoint.
+    first_ckpt = out / "checkpoint-1" / "trainer_state.json"
+    mtime_before = first_ckpt.stat().st_mtime_ns
+    extra = ("--max_steps", "4", "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    job2, info2, wall2 = submit(slurm_cluster, tmp_path, recipe, env, *extra)
+    print(f"resumed job {job2}: {info2['JobState']} {info2['ExitCode']} in {wall2:.1f}s")
+    logs2 = node_logs(tmp_path, job2)
+    assert_world_size_two(logs2)
+    for log in logs2.values():
+        assert re.search(r"Resuming training from checkpoint with epoch \d+ and global step 2\n", log), log[-3000:]
+
+    state2 = json.loads((out / "trainer_state.json").read_text())
+    assert state2["global_step"] == 4
+    # Steps 1-2 come from the checkpoint's history and 3-4 were trained now; a restart from step 0 would have
+    # rewritten checkpoint-1.
+    assert [e["step"] for e in finite_metrics(state2)] == [1, 2, 3, 4]
+    assert (out / "checkpoint-4").is_dir()
+    assert first_ckpt.stat().st_mtime_ns == mtime_before
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_launcher_help_and_refuses_to_run_outside_slurm():
+    """Run directly, the launcher prints its documentation; without a job it refuses instead of training."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    helped = subprocess.run([str(LAUNCHER), "--help"], capture_output=True, text=True, env=env, timeout=30)
+    assert helped.returncode == 0, helped.stderr
+    for var in ("GPUS_PER_NODE", "PROCS_PER_NODE", "MAIN_ADDR", "MAIN_PORT", "VLLM_SERVER", "LOG_DIR", "SCRIPT"):
+        assert f"\n  {var} " in helped.stdout, var
+    assert "#SBATCH" not in helped.stdout and "sbatch --nodes=N" in helped.stdout
+    refused = subprocess.run(
+        [str(LAUNCHER), ACCEL_CONFIG, "x.yaml"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert refused.returncode == 2 and "not inside a SLURM job" in refused.stderr
+
+
+# Stand-ins for `trl vllm-serve` (answers /health/ until SIGTERM) and the training script (records what it got), to
+# check the launcher's VLLM_SERVER=1 wiring where vLLM and GPUs are not available.
+FAKE_TRL = """#!{python}
+import http.server, json, os, signal, socket, sys
+print("FAKE_VLLM", json.dumps(sys.argv[1:]), os.environ.get("SLURMD_NODENAME"), flush=True)
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health/" else 404)
+        self.end_headers()
+signal.signal(signal.SIGTERM, lambda *a: (print("FAKE_VLLM stopped", flush=True), os._exit(0)))
+http.server.HTTPServer(("0.0.0.0", port), Health).serve_forever()
+"""
+FAKE_SCRIPT = """import json, os, sys
+print("FAKE_TRAIN", json.dumps(sys.argv[1:]), os.environ["WORLD_SIZE"], os.environ.get("SLURMD_NODENAME"))
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(JOB_TIMEOUT + 60)
+def test_vllm_server_on_last_node_and_trainers_pointed_at_it(slurm_cluster, tmp_path):
+    fake_trl = tmp_path / "fake_trl"
+    fake_trl.write_text(FAKE_TRL.format(python=sys.executable))
+    fake_trl.chmod(0o755)
+    (tmp_path / "fake_train.py").write_text(FAKE_SCRIPT)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: my-org/my-model  # served by vLLM\nbf16: false\n")
+    (vllm_port,) = free_ports(1)
+    env = {"LOG_DIR": str(tmp_path / "logs"), "GPUS_PER_NODE": "0", "VLLM_SERVER": "1", "VLLM_PORT": str(vllm_port),
+           "TRL": str(fake_trl), "SCRIPT": str(tmp_path / "fake_train.py"), "VLLM_ARGS": "--data_parallel_size 1"}  # fmt: skip
+    job_id, info, wall = submit(slurm_cluster, tmp_path, recipe, env, "--max_steps", "3")
+    print(f"vLLM-server job {job_id}: {info['JobState']} {info['ExitCode']} in {wall:.1f}s")
+
+    job_logs = tmp_path / "logs" / job_id
+    assert sorted(p.name for p in job_logs.iterdir()) == ["node0.log", "vllm.log"]  # 1 training node + server
+    vllm_log = (job_logs / "vllm.log").read_text()
+    served = json.loads(re.search(r"FAKE_VLLM (\[.*\]) n2\n", vllm_log).group(1))
+    assert served == ["vllm-serve", "--model", "my-org/my-model", "--host", "0.0.0.0", "--port", str(vllm_port),
+                      "--data_parallel_size", "1"]  # fmt: skip
+    # The launcher stops the server step after training (SIGTERM to its srun: SLURM cancels the step).
+    assert "FAKE_VLLM stopped" in vllm_log or f"STEP {job_id}.0 ON n2 CANCELLED" in vllm_log, vllm_log
+
+    node0 = (job_logs / "node0.log").read_text()
+    assert "machine_rank=0/1 node=n1 " in node0
+    match = re.search(r"FAKE_TRAIN (\[.*\]) (\d+) n1\n", node0)
+    assert match, node0[-3000:]
+    args, world = json.loads(match.group(1)), int(match.group(2))
+    assert world == 1
+    assert args == ["--config", str(recipe), "--max_steps", "3", "--use_vllm", "true", "--vllm_mode", "server",
+                    "--vllm_server_host", "127.0.0.1", "--vllm_server_port", str(vllm_port)]  # fmt: skip
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("nodes", "config", "env", "message"),
+    [
+        (2, "accelerate_configs/single_gpu.yaml", {}, "has distributed_type 'NO'; multi-node needs MULTI_GPU"),
+        (1, ACCEL_CONFIG, {"VLLM_SERVER": "1"}, "VLLM_SERVER=1 needs at least 2 nodes"),
+        (2, ACCEL_CONFIG, {"GPUS_PER_NODE": "eight"}, "GPUS_PER_NODE must be a number"),
+    ],
+    ids=["single-process-config", "vllm-one-node", "bad-gpus-per-node"],
+)
+def test_launcher_rejects_unusable_settings(slurm_cluster, tmp_path, nodes, config, env, message):
+    """Settings that cannot give a multi-node run fail the job at once with a message, before any training."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: x\n")
+    job_id = slurm_cluster.sbatch(
+        [f"--nodes={nodes}", f"--output={tmp_path}/slurm-%j.out", str(LAUNCHER), config, str(recipe)],
+        env={"LOG_DIR": str(tmp_path / "logs"), **env},
+        cwd=REPO_ROOT,
+    )
+    info = slurm_cluster.wait(job_id, timeout=60)
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), info
+    assert message in (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert not (tmp_path / "logs" / job_id).exists()  # nothing was launched
