@@ -39,8 +39,10 @@ class SAPOConfig(GRPOConfig):
             Use SAPO's soft gate. `False` runs GRPOTrainer's own objective for the configured `loss_type`
             unchanged (the clipped surrogate with `epsilon`), so one trainer runs both arms of an A/B comparison.
         sapo_tau_pos (`float`, *optional*, defaults to `1.0`):
-            Gate temperature for tokens with positive advantage. Higher = sharper gate = tighter trust region;
-            `τ ≈ 1` behaves roughly like `ε ≈ 0.2`. Must be finite and > 0.
+            Gate temperature for tokens with positive advantage. Higher = sharper gate = tighter (soft) trust
+            region. The default 1.0 is the paper's drop-in replacement for GRPO's `ε = 0.2`, but its trust region is
+            much wider: the gradient weight stays above 1/2 for 0.53 ≤ r ≤ 4.5 (τ ≈ 8 matches ε = 0.2's band).
+            Must be finite and > 0.
         sapo_tau_neg (`float`, *optional*, defaults to `1.05`):
             Gate temperature for tokens with non-positive advantage. The paper recommends `sapo_tau_neg ≥
             sapo_tau_pos` (more conservative on negative advantages, whose updates destabilise training more);
@@ -52,6 +54,15 @@ class SAPOConfig(GRPOConfig):
             How per-token losses are aggregated. SAPO's default is the paper's: mean over each sequence's tokens,
             then over sequences. `"bnpo"`, `"dr_grpo"`, `"dapo"`, `"luspo"` aggregate as in GRPOTrainer (`"sapo"`
             is an alias of `"grpo"`); `"cispo"` and `"vespo"` define a different objective and are rejected.
+        save_on_sigterm (`bool`, *optional*, defaults to `True`):
+            On SIGTERM (SLURM's warning before SIGKILL), finish the current optimizer step on every rank, save a
+            checkpoint that includes the buffered rollouts, and exit with status 0; resume with
+            `resume_from_checkpoint=True`. Replaces transformers' `enable_jit_checkpoint`. Give the job a grace
+            period of at least one step plus one save (`#SBATCH --signal=TERM@<seconds>`).
+        nonfinite_policy (`str`, *optional*, defaults to `"skip"`):
+            What to do when a step's loss or gradient norm is NaN/inf on any rank: `"skip"` leaves weights,
+            optimizer and LR schedule untouched and counts it in `sapo/nonfinite_steps`; `"raise"` stops with
+            `NonFiniteError`. Under DeepSpeed, skipping is done by DeepSpeed itself (fp16, bf16, ZeRO >= 1).
     """
 
     use_sapo_loss: bool = field(
@@ -91,9 +102,41 @@ class SAPOConfig(GRPOConfig):
         },
     )
 
+    save_on_sigterm: bool = field(
+        default=True,
+        metadata={
+            "help": "On SIGTERM, save a checkpoint (with the buffered rollouts) after the current optimizer step on "
+            "all ranks and exit with status 0. Replaces transformers' enable_jit_checkpoint."
+        },
+    )
+    nonfinite_policy: str = field(
+        default="skip",
+        metadata={
+            "help": "Steps with a NaN/inf loss or gradient norm: 'skip' (no optimizer/LR update, counted in "
+            "sapo/nonfinite_steps) or 'raise' (stop with NonFiniteError).",
+            "choices": ["skip", "raise"],
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         self._validate_sapo()
+        self._validate_reliability()
+
+    def _validate_reliability(self) -> None:
+        if self.nonfinite_policy not in ("skip", "raise"):
+            raise SAPOConfigError(f"`nonfinite_policy` must be 'skip' or 'raise', got {self.nonfinite_policy!r}.")
+        if not isinstance(self.save_on_sigterm, bool):
+            raise SAPOConfigError(f"`save_on_sigterm` must be true or false, got {self.save_on_sigterm!r}.")
+        if self.save_on_sigterm and self.enable_jit_checkpoint:
+            warnings.warn(
+                "enable_jit_checkpoint=True is replaced by save_on_sigterm=True (SAPOTrainer's SIGTERM handler saves "
+                "after a completed optimizer step on all ranks, with the buffered rollouts). Set "
+                "save_on_sigterm=False to use transformers' handler instead.",
+                UserWarning,
+                stacklevel=3,
+            )
+            self.enable_jit_checkpoint = False
 
     def _validate_sapo(self) -> None:
         for name in ("sapo_tau_pos", "sapo_tau_neg"):
