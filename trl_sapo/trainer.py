@@ -7,6 +7,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from . import loss as sapo
+from . import reliability
 from .config import SAPOConfig
 
 
@@ -51,6 +52,57 @@ class SAPOTrainer(GRPOTrainer):
         super().__init__(model, reward_funcs, args=args, **kwargs)
         if args.use_sapo_loss and args.loss_type == "sapo":
             self.loss_type = "grpo"  # same aggregation; keeps GRPOTrainer's "grpo" branches for anything it shares
+        # Reliability (see trl_sapo/reliability.py): reward errors, rollouts in checkpoints, SIGTERM, NaN steps.
+        self._reward_guard = reliability.guard_reward_funcs(self)
+        self._watchdog = reliability.NonFiniteWatchdog(self, args.nonfinite_policy)
+        self._preemption = reliability.PreemptionCallback(self) if args.save_on_sigterm else None
+        for callback in (self._watchdog, self._preemption):
+            if callback is not None:
+                self.add_callback(callback)
+
+    # -- Reliability hooks: thin adapters, the logic is in trl_sapo/reliability.py ----------------------------------
+    def train(self, *args, **kwargs):
+        try:
+            output = super().train(*args, **kwargs)
+        finally:
+            if self._preemption is not None:
+                self._preemption.uninstall()  # also when train() raises: restore the previous SIGTERM handler
+        if self._preemption is not None and self._preemption.preempted:
+            reliability.logger.warning(
+                f"Stopped by SIGTERM after saving checkpoint-{self.state.global_step}; exiting with status "
+                f"{reliability.PREEMPTED_EXIT_CODE}. Resume with resume_from_checkpoint=True."
+            )
+            raise SystemExit(reliability.PREEMPTED_EXIT_CODE)
+        return output
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._watchdog.observe_loss(loss)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._watchdog.before_optimizer_step(grad_norm)
+        return grad_norm
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._reward_guard.raise_if_failed(self.accelerator)  # all ranks together, after TRL's gather
+        return rewards_per_func
+
+    def _save_checkpoint(self, model, trial):
+        if not self.args.save_only_model:  # written first: a checkpoint with trainer_state.json is complete
+            extra = {"nonfinite_steps": self._watchdog.count}
+            reliability.save_rollout_state(self, reliability.checkpoint_dir(self, trial), extra)
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and (state := reliability.load_rollout_state(self, checkpoint)) is not None:
+            self._watchdog.count = state.get("nonfinite_steps", 0)
+
+    def log(self, logs, start_time=None):
+        super().log(self._watchdog.add_to_logs(logs) if self.model.training else logs, start_time)
 
     def _compute_loss(self, model, inputs):
         if not self.args.use_sapo_loss:
