@@ -1,0 +1,117 @@
+"""Evaluate a model (base, full checkpoint, or base + LoRA adapter) on GSM8K-style problems.
+
+    python scripts/gsm8k_eval.py --model_name_or_path models/SmolLM2-135M-Instruct \
+        --dataset ../shared/data/gsm8k --split test --limit 50 --output_dir outputs/eval-smollm2
+
+    python scripts/gsm8k_eval.py --config recipes/eval.yaml      # TRL-style YAML config; CLI flags override it
+
+Writes ``eval_summary.json`` (metrics + arguments) and ``eval_predictions.jsonl`` (one problem per line) to
+``--output_dir`` and prints the accuracy. Importable: ``main(["--model_name_or_path", ...])`` returns the summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import TrlParser
+
+from trl_sapo.data import SYSTEM_PROMPT, load_gsm8k
+from trl_sapo.evaluation import (
+    adapter_base_model,
+    evaluate,
+    load_model_for_eval,
+    merged_model_dir,
+    prepare_tokenizer,
+    require_vllm,
+)
+
+logger = logging.getLogger("gsm8k_eval")
+
+
+@dataclass
+class EvalArguments:
+    model_name_or_path: str = field(metadata={"help": "Base model, full checkpoint folder, or LoRA adapter folder."})
+    adapter_path: str | None = field(default=None, metadata={"help": "peft LoRA adapter folder on top of the model."})
+    dataset: str = field(
+        default="openai/gsm8k",
+        metadata={"help": "Hub name, local .json/.jsonl file or folder with {split}.jsonl, or 'synthetic[:opts]'."},
+    )
+    dataset_config: str = field(default="main", metadata={"help": "Hub dataset config ('main' or 'socratic')."})
+    split: str = field(default="test", metadata={"help": "Dataset split."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate a seeded random subset of N problems."})
+    seed: int = field(default=0, metadata={"help": "Seed for the subset, the synthetic generator and sampling."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (transformers path)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Completion length limit."})
+    num_samples: int = field(default=1, metadata={"help": "Completions per problem (k of pass@k); needs temperature > 0."})  # fmt: skip
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (temperature > 0 only)."})
+    num_few_shot: int = field(default=0, metadata={"help": "Worked examples before each question (0-4)."})
+    system_prompt: str = field(default=SYSTEM_PROMPT, metadata={"help": "System message; '' for none."})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if available)."})
+    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (must be installed; CUDA)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write the summary and predictions."})
+    progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
+
+
+def main(args: EvalArguments | list[str] | None = None) -> dict:
+    """Run the evaluation; returns the summary (metrics + ``args``, without the per-problem predictions)."""
+    if not isinstance(args, EvalArguments):
+        (args,) = TrlParser([EvalArguments]).parse_args_and_config(args)
+    dataset = load_gsm8k(
+        args.dataset, args.split, config_name=args.dataset_config, num_examples=args.limit, seed=args.seed
+    )
+    if args.use_vllm:
+        from transformers import AutoTokenizer
+
+        require_vllm()  # before any merging work
+
+        model_path, adapter = args.model_name_or_path, args.adapter_path
+        if adapter is None and adapter_base_model(model_path) is not None:
+            model_path, adapter = adapter_base_model(model_path), model_path
+        if adapter is not None:  # vLLM loads plain checkpoints: merge the LoRA adapter first
+            model_path = merged_model_dir(model_path, adapter)
+        model, tokenizer = model_path, AutoTokenizer.from_pretrained(model_path)
+        prepare_tokenizer(tokenizer)
+    else:
+        model, tokenizer = load_model_for_eval(args.model_name_or_path, args.adapter_path, args.dtype, args.device)
+    result = evaluate(
+        model,
+        tokenizer,
+        dataset,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        system_prompt=args.system_prompt or None,
+        num_few_shot=args.num_few_shot,
+        seed=args.seed,
+        progress=args.progress,
+        use_vllm=args.use_vllm,
+    )
+    predictions = result.pop("predictions")
+    summary = {**result, "args": dataclasses.asdict(args)}
+    if args.output_dir:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with open(out / "eval_predictions.jsonl", "w") as f:
+            for p in predictions:
+                f.write(json.dumps(p) + "\n")
+    extra = f", pass@{args.num_samples} {result[f'pass@{args.num_samples}']:.4f}" if args.num_samples > 1 else ""
+    print(
+        f"GSM8K {args.dataset}:{args.split} n={result['num_examples']} accuracy {result['accuracy']:.4f}{extra} "
+        f"format_rate {result['format_rate']:.4f} mean_completion_tokens {result['mean_completion_tokens']:.1f}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main(sys.argv[1:])
