@@ -1,0 +1,366 @@
+"""scripts/gsm8k_sapo.py: recipes parse, CLI overrides YAML, precision fallback, end-to-end training and saving."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "scripts" / "gsm8k_sapo.py"
+RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
+GPU_RECIPES = [r for r in RECIPES if "cpu" not in r.name]
+# What may differ between a SAPO recipe and its GRPO twin.
+TWIN_DIFFERENCES = {"use_sapo_loss", "output_dir", "run_name", "hub_model_id", "logging_dir"}
+
+# A reward module importable by dotted path: varied rewards give non-zero advantages, hence real updates, even for
+# a random tiny model that never produces a correct answer (the GSM8K rewards would all be 0).
+REWARD_MODULE = '''
+def length_reward(completions, **kwargs):
+    """Pseudo-random but deterministic reward in [0, 1): depends on the completion text."""
+    return [(sum(map(ord, c[-1]["content"])) % 97) / 97 for c in completions]
+'''
+
+
+def load_script():
+    """scripts/gsm8k_sapo.py as a module (scripts/ is not a package)."""
+    if "gsm8k_sapo" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("gsm8k_sapo", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["gsm8k_sapo"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["gsm8k_sapo"]
+
+
+def tiny_run_args(model_path, output_dir, **overrides) -> list[str]:
+    """CLI flags of a 2-step run on the tiny model; the second optimizer step is off-policy (2 steps/generation)."""
+    options = {
+        "model_name_or_path": str(model_path),
+        "dataset_name": "synthetic",
+        "num_train_examples": 16,
+        "output_dir": str(output_dir),
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "num_generations": 4,
+        "max_completion_length": 8,
+        "gradient_accumulation_steps": 1,
+        "steps_per_generation": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": "true",
+        "bf16": "false",
+        "gradient_checkpointing": "false",
+        "disable_tqdm": "true",
+        "seed": 0,
+        **overrides,
+    }
+    args = []
+    for key, value in options.items():
+        args += [f"--{key}", *(value if isinstance(value, list) else [str(value)])]
+    return args
+
+
+def write_reward_module(folder: Path) -> str:
+    (folder / "tiny_rewards.py").write_text(REWARD_MODULE)
+    return "tiny_rewards.length_reward"
+
+
+def logged(state: dict, key: str) -> list[float]:
+    return [entry[key] for entry in state["log_history"] if entry.get(key) is not None]
+
+
+def assert_training_logged(output_dir: Path, steps: int = 2) -> dict:
+    """trainer_state.json holds `steps` steps with finite losses and the sapo/ gate diagnostics."""
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == steps
+    losses = logged(state, "loss")
+    assert len(losses) == steps and all(math.isfinite(x) for x in losses), losses
+    for key in ("sapo/gate_mean", "sapo/grad_weight_mean", "sapo/soft_clip_ratio", "sapo/ratio_max"):
+        values = logged(state, key)
+        assert len(values) == steps and all(math.isfinite(x) for x in values), (key, values)
+    return state
+
+
+def run_script(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"gsm8k_sapo.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_parses(recipe):
+    """Every key of every recipe is a real option (TrlParser rejects unknown ones) and the values validate."""
+    from trl import ModelConfig
+
+    from trl_sapo import SAPOConfig
+
+    script = load_script()
+    script_args, training_args, model_args = script.parse_args(["--config", str(recipe)])
+    assert isinstance(training_args, SAPOConfig) and isinstance(model_args, ModelConfig)
+    config = yaml.safe_load(recipe.read_text())
+    assert model_args.model_name_or_path == config["model_name_or_path"]
+    assert training_args.use_sapo_loss == config.get("use_sapo_loss", True)
+    assert script_args.reward_funcs == config["reward_funcs"]
+    script.check_args(script_args, training_args, model_args)
+    script.load_reward_funcs(script_args.reward_funcs)
+    if training_args.reward_weights is not None:
+        assert len(training_args.reward_weights) == len(script_args.reward_funcs)
+    # Off-policy regime: each generation round feeds more than one optimizer step.
+    assert training_args.steps_per_generation > training_args.gradient_accumulation_steps
+
+
+@pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.name)
+def test_gpu_recipe_batches_divide_on_8_gpus(recipe):
+    """GRPOConfig checks batch divisibility for the parsing process only; check the 8-GPU launch too."""
+    config = yaml.safe_load(recipe.read_text())
+    assert config["bf16"] is True and config["dtype"] == "bfloat16"
+    assert config["use_vllm"] is True and config["vllm_mode"] == "colocate"
+    assert 1e-6 <= config["learning_rate"] <= (1e-5 if config.get("use_peft") else 3e-6)
+    for world_size in (1, 8, 16):
+        generation_batch = config["per_device_train_batch_size"] * world_size * config["steps_per_generation"]
+        assert generation_batch % config["num_generations"] == 0
+        assert (config["per_device_eval_batch_size"] * world_size) % config["num_generations"] == 0
+
+
+def test_grpo_twin_differs_only_in_the_loss():
+    script = load_script()
+    parsed = {}
+    for arm in ("sapo", "grpo"):
+        script_args, training_args, model_args = script.parse_args(
+            ["--config", str(REPO_ROOT / "recipes" / f"qwen2.5-0.5b-instruct_{arm}.yaml")]
+        )
+        parsed[arm] = {**vars(script_args), **training_args.to_dict(), **vars(model_args)}
+    differing = {k for k in parsed["sapo"] if parsed["sapo"][k] != parsed["grpo"][k]}
+    assert "use_sapo_loss" in differing
+    assert differing <= TWIN_DIFFERENCES, differing - TWIN_DIFFERENCES
+
+
+def test_cpu_demo_recipe_is_cpu_and_off_policy():
+    config = yaml.safe_load((REPO_ROOT / "recipes" / "smollm2-135m_cpu_demo.yaml").read_text())
+    assert config["use_cpu"] is True and config["bf16"] is False
+    assert config["model_name_or_path"] == "models/SmolLM2-135M-Instruct"
+    assert config["steps_per_generation"] > config["gradient_accumulation_steps"]
+
+
+def test_unknown_recipe_key_is_rejected(tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("model_name_or_path: x\nsapo_tau_pso: 2.0\n")
+    with pytest.raises(ValueError, match="sapo_tau_pso"):
+        load_script().parse_args(["--config", str(recipe)])
+
+
+def test_help_lists_every_sapo_and_script_option():
+    help_text = load_script().make_parser().format_help()
+    for option in (
+        "--sapo_tau_pos",
+        "--sapo_tau_neg",
+        "--use_sapo_loss",
+        "--use_decoupled_loss",
+        "--loss_type",
+        "--steps_per_generation",
+        "--use_vllm",
+        "--vllm_mode",
+        "--use_peft",
+        "--lora_r",
+        "--dataset_name",
+        "--num_train_examples",
+        "--num_eval_examples",
+        "--skip_invalid_rows",
+        "--system_prompt",
+        "--num_few_shot",
+        "--reward_funcs",
+        "--reward_weights",
+        "--merge_adapter_on_save",
+    ):
+        assert option in help_text, option
+
+
+def test_cli_overrides_yaml(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": "some/model",
+                "sapo_tau_pos": 2.0,
+                "sapo_tau_neg": 2.5,
+                "learning_rate": 3e-6,
+                "reward_funcs": ["accuracy"],
+                "num_train_examples": 100,
+                "use_cpu": True,
+                "bf16": False,
+            }
+        )
+    )
+    script_args, training_args, model_args = load_script().parse_args(
+        ["--config", str(recipe), "--sapo_tau_pos", "0.5", "--reward_funcs", "format", "accuracy"]
+    )
+    assert training_args.sapo_tau_pos == 0.5  # CLI wins
+    assert script_args.reward_funcs == ["format", "accuracy"]
+    assert training_args.sapo_tau_neg == 2.5 and training_args.learning_rate == 3e-6  # YAML kept
+    assert script_args.num_train_examples == 100 and model_args.model_name_or_path == "some/model"
+    assert script_args.dataset_name == "openai/gsm8k" and training_args.use_sapo_loss  # defaults kept
+
+
+def test_defaults():
+    script_args, training_args, model_args = load_script().parse_args(["--use_cpu", "true", "--bf16", "false"])
+    assert model_args.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert script_args.dataset_name == "openai/gsm8k" and script_args.dataset_config == "main"
+    assert script_args.reward_funcs == ["accuracy", "format"]
+    assert (training_args.sapo_tau_pos, training_args.sapo_tau_neg) == (1.0, 1.05)
+
+
+def test_precision_fallback_without_gpu(caplog):
+    """No bf16 GPU: bf16 defaults off and use_cpu on (with a warning); explicit values are used as given."""
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    if is_torch_bf16_gpu_available():
+        pytest.skip("a bf16-capable accelerator is present: GRPOConfig's bf16=True default applies")
+    script = load_script()
+    with caplog.at_level("WARNING", logger="gsm8k_sapo"):
+        _, training_args, _ = script.parse_args([])
+    assert training_args.bf16 is False and training_args.use_cpu is True
+    assert "bf16=False" in caplog.text and "use_cpu=True" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gsm8k_sapo"):
+        _, training_args, _ = script.parse_args(["--bf16", "true"])
+    assert training_args.bf16 is True and training_args.use_cpu is True  # explicit bf16 honoured (CPU autocast)
+    assert "bf16=False" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--merge_adapter_on_save", "true"], "use_peft"),
+        (["--reward_funcs", "accuracy", "corectness"], "corectness"),
+        (["--reward_funcs", "no_such_module.reward"], "no_such_module"),
+        (["--num_train_examples", "0"], "num_train_examples"),
+    ],
+)
+def test_bad_options_fail_before_training(flags, message):
+    script = load_script()
+    args = script.parse_args(["--use_cpu", "true", "--bf16", "false", *flags])
+    with pytest.raises(ValueError, match=message):
+        script.main(*args)
+
+
+def test_launch_guards_reject_silent_fallbacks(monkeypatch):
+    """Processes that would train alone, or an FSDP/DeepSpeed launch that accelerate would quietly replace."""
+    from accelerate.utils import DistributedType
+
+    script = load_script()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="use_cpu true"):
+        script.check_world_size(1)
+    script.check_world_size(2)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(RuntimeError, match="requested FSDP, but training would run with MULTI_CPU"):
+        script.check_backend(DistributedType.MULTI_CPU)
+    script.check_backend(DistributedType.FSDP)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(RuntimeError, match="requested DEEPSPEED"):
+        script.check_backend(DistributedType.MULTI_CPU)
+    script.check_backend(DistributedType.DEEPSPEED)
+
+
+def test_bad_data_error_names_the_row(tmp_path):
+    from trl_sapo.data import DataError
+
+    rows = [
+        {"question": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"},
+        {"question": "2 + 2?", "answer": "four, no marker"},
+        {"question": "3 + 3?", "answer": "#### 6"},
+    ]
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    script = load_script()
+    args = script.parse_args(["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data)])
+    with pytest.raises(DataError, match="row 1"):
+        script.main(*args)  # fails while loading data, before any model is loaded
+
+    script_args, _, _ = script.parse_args(
+        ["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data), "--skip_invalid_rows", "true"]
+    )
+    dataset = script.load_split(script_args, "train", None, seed=0)
+    assert dataset["answer"] == [rows[0]["answer"], rows[2]["answer"]]
+    assert dataset[0]["prompt"][-1] == {"role": "user", "content": "1 + 1?"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_end_to_end_tiny_model(tmp_path, tiny_model_path):
+    """`python scripts/gsm8k_sapo.py --config ... --flag ...`: 2 steps (one off-policy), saved model loads."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    output_dir = tmp_path / "out"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"sapo_tau_pos": 1.0, "sapo_tau_neg": 1.5, "max_steps": 5}))
+    reward = write_reward_module(tmp_path)
+    args = tiny_run_args(tiny_model_path, output_dir, reward_funcs=["accuracy", "format", reward])
+    run_script(["--config", str(recipe), *args], cwd=tmp_path)  # CLI max_steps=2 overrides the YAML's 5
+
+    state = assert_training_logged(output_dir)
+    assert [e["rewards/length_reward/std"] for e in state["log_history"] if "rewards/length_reward/std" in e][0] > 0
+    # Step 2 reuses step 1's generations after one update: the ratio moved away from 1 (off-policy).
+    assert logged(state, "sapo/ratio_max")[1] != 1.0
+    assert (output_dir / "training_args.bin").exists()
+    assert json.loads((output_dir / "config.json").read_text())["use_cache"] is True  # re-enabled for inference
+    assert (output_dir / "README.md").read_text().count("SAPO") >= 1
+
+    trained = AutoModelForCausalLM.from_pretrained(output_dir)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    AutoTokenizer.from_pretrained(output_dir)
+    changed = [
+        name
+        for (name, p), q in zip(trained.named_parameters(), initial.parameters())
+        if not torch.equal(p.detach(), q.detach())
+    ]
+    assert changed, "training did not change any weight"
+
+
+@pytest.mark.slow
+def test_smollm2_one_step(tmp_path, smollm2_path):
+    """The real pretrained model through main() in-process: 2 steps, GSM8K rewards, finite loss and sapo/ metrics."""
+    script = load_script()
+    output_dir = tmp_path / "out"
+    args = tiny_run_args(
+        smollm2_path,
+        output_dir,
+        max_completion_length=16,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        num_train_examples=4,
+        learning_rate=1e-5,
+    )
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread is several times faster than oversubscribed ones on a busy CI machine
+    try:
+        trainer = script.main(*script.parse_args(args))
+    finally:
+        torch.set_num_threads(threads)
+    assert trainer.state.global_step == 2
+    assert_training_logged(output_dir)
