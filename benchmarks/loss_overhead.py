@@ -97,7 +97,7 @@ def load_model(name: str, device: str, seed: int = 0):
         model = LlamaForCausalLM(config)
     else:
         if name == "smollm2":
-            from trl_sapo.models import prepare_smollm2
+            from trl_sapo.tools.models import prepare_smollm2
 
             name = str(prepare_smollm2())
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
@@ -119,7 +119,7 @@ def build_trainers(model, device: str, output_dir: str) -> dict:
     )
     from transformers import AutoTokenizer
 
-    from trl_sapo.models import prepare_smollm2
+    from trl_sapo.tools.models import prepare_smollm2
 
     tokenizer = AutoTokenizer.from_pretrained(prepare_smollm2())  # only needed by the constructors
     dummy = Dataset.from_dict({"prompt": ["x"] * 4})

@@ -46,7 +46,7 @@ def pick_num_threads() -> int:
 
 
 def evaluate_model(model_path: str, dataset, max_new_tokens: int, num_few_shot: int) -> dict:
-    from trl_sapo.evaluation import evaluate, load_model_for_eval
+    from trl_sapo.gsm8k.evaluation import evaluate, load_model_for_eval
 
     model, tokenizer = load_model_for_eval(model_path, dtype="float32", device="cpu")
     return evaluate(model, tokenizer, dataset, batch_size=8, max_new_tokens=max_new_tokens, num_few_shot=num_few_shot)
@@ -73,7 +73,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import gsm8k_sapo
 
-    from trl_sapo.models import prepare_smollm2
+    from trl_sapo.tools.models import prepare_smollm2
 
     model_dir = prepare_smollm2()
     overrides = ["--model_name_or_path", str(model_dir), "--output_dir", args.output_dir]
@@ -83,7 +83,7 @@ def main() -> None:
     script_args, training_args, model_args = gsm8k_sapo.parse_args(["--config", str(RECIPE), *overrides])
 
     # Held-out problems: the test split (different generator seed / different problems than training).
-    from trl_sapo.data import load_gsm8k
+    from trl_sapo.gsm8k.data import load_gsm8k
 
     eval_dataset = load_gsm8k(
         script_args.dataset_name, split=script_args.dataset_test_split, num_examples=args.num_eval_examples, seed=1

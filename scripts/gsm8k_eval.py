@@ -20,8 +20,8 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from trl_sapo.data import SYSTEM_PROMPT, load_gsm8k
-from trl_sapo.evaluation import (
+from trl_sapo.gsm8k.data import SYSTEM_PROMPT, load_gsm8k
+from trl_sapo.gsm8k.evaluation import (
     adapter_base_model,
     evaluate,
     load_model_for_eval,

@@ -100,14 +100,14 @@ class GSM8KScriptArguments:
     system_prompt: str | None = field(
         default=None,
         metadata={
-            "help": "System message of every prompt. Default: trl_sapo.data.SYSTEM_PROMPT (reason step by step, "
+            "help": "System message of every prompt. Default: trl_sapo.gsm8k.data.SYSTEM_PROMPT (reason step by step, "
             "end with '#### <number>', the format the `format` reward checks). Pass '' for no system message."
         },
     )
     num_few_shot: int = field(
         default=0,
         metadata={
-            "help": "Number (0-4) of hand-written worked examples (trl_sapo.data.FEW_SHOT_EXAMPLES) prepended to "
+            "help": "Number (0-4) of hand-written worked examples (trl_sapo.gsm8k.data.FEW_SHOT_EXAMPLES) prepended to "
             "each prompt as user/assistant turns."
         },
     )
@@ -178,8 +178,8 @@ def _explicit_keys(args: list[str]) -> set[str]:
 
 
 def load_reward_funcs(names: list[str]) -> list:
-    """Registry names (trl_sapo.rewards.REWARD_FUNCS) and dotted import paths, in order."""
-    from trl_sapo.rewards import REWARD_FUNCS, get_reward_funcs
+    """Registry names (trl_sapo.gsm8k.rewards.REWARD_FUNCS) and dotted import paths, in order."""
+    from trl_sapo.gsm8k.rewards import REWARD_FUNCS, get_reward_funcs
 
     funcs = []
     for name in names:
@@ -199,7 +199,7 @@ def load_reward_funcs(names: list[str]) -> list:
 
 def load_split(script_args: GSM8KScriptArguments, split: str, num_examples: int | None, seed: int):
     """One split as TRL conversational prompts (`prompt`) with the reference `answer` column for the rewards."""
-    from trl_sapo.data import SYSTEM_PROMPT, load_gsm8k, to_prompts
+    from trl_sapo.gsm8k.data import SYSTEM_PROMPT, load_gsm8k, to_prompts
 
     dataset = load_gsm8k(
         script_args.dataset_name,

@@ -1,4 +1,4 @@
-"""GSM8K loading, validation, the synthetic generator and chat prompts (trl_sapo.data)."""
+"""GSM8K loading, validation, the synthetic generator and chat prompts (trl_sapo.gsm8k.data)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 import pytest
 from datasets import Dataset, DatasetDict
 
-from trl_sapo.data import (
+from trl_sapo.gsm8k.data import (
     FEW_SHOT_EXAMPLES,
     SYSTEM_PROMPT,
     DataError,
@@ -17,7 +17,7 @@ from trl_sapo.data import (
     load_gsm8k,
     to_prompts,
 )
-from trl_sapo.rewards import accuracy_reward, extract_final_answer, format_reward, reference_answer
+from trl_sapo.gsm8k.rewards import accuracy_reward, extract_final_answer, format_reward, reference_answer
 
 # --------------------------------------------------------------------------------------------------------------------
 # The real GSM8K files
@@ -108,7 +108,7 @@ def test_bad_row_raises_naming_row(tmp_path, bad, message):
 def test_skip_invalid_drops_and_logs_count(tmp_path, caplog):
     rows = [GOOD, BAD_ROWS[0][0], GOOD, BAD_ROWS[3][0], BAD_ROWS[5][0], GOOD]
     path = _write_jsonl(tmp_path / "bad.jsonl", rows)
-    with caplog.at_level(logging.WARNING, logger="trl_sapo.data"):
+    with caplog.at_level(logging.WARNING, logger="trl_sapo.gsm8k.data"):
         dataset = load_gsm8k(path, skip_invalid=True)
     assert len(dataset) == 3 and set(dataset["answer"]) == {GOOD["answer"]}
     assert "dropped 3 invalid row(s) of 6 (first: row 1)" in caplog.text

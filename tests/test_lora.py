@@ -74,7 +74,8 @@ def test_merged_model_loads_and_matches_adapter(lora_run, tiny_model_path):
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), lora_run).eval()
     torch.testing.assert_close(_logits(merged, tokenizer), _logits(peft_model, tokenizer), atol=1e-4, rtol=1e-4)
 
-    from trl_sapo.evaluation import load_model_for_eval  # the evaluation loader reads the adapter folder directly
+    # The evaluation loader reads the adapter folder directly.
+    from trl_sapo.gsm8k.evaluation import load_model_for_eval
 
     model, eval_tokenizer = load_model_for_eval(str(lora_run), dtype="float32", device="cpu")
     torch.testing.assert_close(_logits(model, eval_tokenizer), _logits(merged, tokenizer), atol=1e-4, rtol=1e-4)

@@ -1,8 +1,7 @@
-"""scripts/plot_gates.py and scripts/plot_training.py: the plotted series are the loss module's numbers, files are real images."""
+"""trl_sapo.tools.plot_gates and trl_sapo.tools.plot_training: the plotted series are the loss module's numbers, files are real images."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -16,24 +15,13 @@ import pytest
 import torch
 
 from trl_sapo.loss import gate_value, gradient_weight
+from trl_sapo.tools import plot_gates, plot_training
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class body runs
-    spec.loader.exec_module(module)
-    return module
-
-
-plot_gates = _load_script("plot_gates")
-plot_training = _load_script("plot_training")
 
 
 @pytest.fixture(autouse=True)
@@ -257,8 +245,8 @@ def test_plot_training_cli(tmp_path):
     sapo = _write_state(tmp_path / "sapo", _history(True))
     grpo = _write_state(tmp_path / "grpo" / "checkpoint-12", _history(False))
     out = tmp_path / "curves.png"
-    script = str(REPO_ROOT / "scripts" / "plot_training.py")
-    cmd = [sys.executable, script, str(sapo), str(grpo), "--labels", "SAPO", "GRPO", "--smooth", "0.5"]
+    cli = [sys.executable, "-m", "trl_sapo.tools.plot_training"]
+    cmd = [*cli, str(sapo), str(grpo), "--labels", "SAPO", "GRPO", "--smooth", "0.5"]
     result = subprocess.run([*cmd, "--output", str(out)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     data = out.read_bytes()
@@ -266,7 +254,7 @@ def test_plot_training_cli(tmp_path):
     # A folder without trainer_state.json: exit code 2 and a message naming the folder.
     (tmp_path / "empty").mkdir()
     result = subprocess.run(
-        [sys.executable, script, str(tmp_path / "empty"), "--output", str(tmp_path / "x.png")],
+        [*cli, str(tmp_path / "empty"), "--output", str(tmp_path / "x.png")],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,4 +1,4 @@
-"""Answer extraction and the GSM8K reward functions (trl_sapo.rewards)."""
+"""Answer extraction and the GSM8K reward functions (trl_sapo.gsm8k.rewards)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from trl_sapo.rewards import (
+from trl_sapo.gsm8k.rewards import (
     REWARD_FUNCS,
     accuracy_reward,
     extract_final_answer,

@@ -282,7 +282,7 @@ def test_launch_guards_reject_silent_fallbacks(monkeypatch):
 
 
 def test_bad_data_error_names_the_row(tmp_path):
-    from trl_sapo.data import DataError
+    from trl_sapo.gsm8k.data import DataError
 
     rows = [
         {"question": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"},

@@ -113,8 +113,8 @@ def test_invalid_config_rejected_from_command_line():
 
 # ---- Data and rewards -------------------------------------------------------------------------------------------
 
-data = pytest.importorskip("trl_sapo.data")
-rewards = pytest.importorskip("trl_sapo.rewards")
+data = pytest.importorskip("trl_sapo.gsm8k.data")
+rewards = pytest.importorskip("trl_sapo.gsm8k.rewards")
 
 GOOD = {"question": ["What is 2 + 3?"], "answer": ["2 + 3 = 5\n#### 5"]}
 

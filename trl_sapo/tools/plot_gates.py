@@ -1,7 +1,7 @@
 """Plot SAPO's soft gate against PPO/GRPO clipping: objective and gradient weight vs the ratio r, for A > 0 and A < 0.
 
-    python scripts/plot_gates.py                                   # docs/figures/sapo_gates.{png,svg}
-    python scripts/plot_gates.py --taus 0.5 1 2 --epsilon 0.28 --output /tmp/gates.png
+    python -m trl_sapo.tools.plot_gates                                   # docs/figures/sapo_gates.{png,svg}
+    python -m trl_sapo.tools.plot_gates --taus 0.5 1 2 --epsilon 0.28 --output /tmp/gates.png
 
 What is compared, per unit of advantage (the token's contribution is J = A · g(r), and its policy gradient is
 A · ∂g/∂log r · ∇logπ_θ):
@@ -27,7 +27,7 @@ import torch
 
 from trl_sapo.loss import clipped_surrogate, gate_value, gradient_weight
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUTS = (REPO_ROOT / "docs/figures/sapo_gates.png", REPO_ROOT / "docs/figures/sapo_gates.svg")
 DEFAULT_TAUS = (0.5, 1.0, 1.05, 2.0)
 PPO_LABEL = "PPO/GRPO clip, ε={eps:g}"

@@ -1,7 +1,7 @@
 """GSM8K data: loading (Hub, local JSON/JSONL, or an offline synthetic generator), validation, and chat prompts.
 
 Every row has ``question`` (str) and ``answer`` (a worked solution ending in ``#### <number>``, GSM8K's format);
-:func:`to_prompts` adds TRL's conversational ``prompt`` column, and ``trl_sapo.rewards.accuracy_reward`` reads the
+:func:`to_prompts` adds TRL's conversational ``prompt`` column, and ``trl_sapo.gsm8k.rewards.accuracy_reward`` reads the
 ``answer`` column through TRL's ``**kwargs`` convention.
 """
 

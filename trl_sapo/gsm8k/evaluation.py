@@ -1,4 +1,4 @@
-"""GSM8K evaluation: batched chat generation (transformers or vLLM) scored with ``trl_sapo.rewards``.
+"""GSM8K evaluation: batched chat generation (transformers or vLLM) scored with ``trl_sapo.gsm8k.rewards``.
 
 Greedy decoding by default (accuracy = pass@1). With ``num_samples=k > 1`` and ``temperature > 0``, k completions
 are sampled per problem: ``pass@1`` is the mean accuracy over all samples and ``pass@k`` the fraction of problems
