@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -47,19 +46,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
+import proto_gate  # noqa: E402  benchmarks/proto_gate.py: this script's folder is sys.path[0]
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 from trl_sapo import SAPOConfig, SAPOTrainer  # noqa: E402
 from trl_sapo import loss as sapo_loss  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proto_gate  # noqa: E402
+from trl_sapo.tools.models import random_llama  # noqa: E402
 
 VARIANTS = ("sapo", "trl_sapo", "trl_grpo")
 RATIOS = (("sapo", "trl_sapo"), ("sapo", "trl_grpo"), ("sapo_proto", "trl_sapo"), ("sapo_proto", "sapo"))
@@ -72,29 +67,18 @@ def load_model(name: str, device: str, seed: int = 0):
     """'tiny' (2-layer random Llama, SmolLM2's vocabulary), 'micro' (same, 2k vocabulary), 'smollm2' (SmolLM2-135M-Instruct), 'random-1b' (GPU), or an HF folder."""
     torch.manual_seed(seed)
     if name in ("tiny", "micro"):  # micro: same but a 2k vocabulary, for the smoke run
-        config = LlamaConfig(
-            vocab_size=49152 if name == "tiny" else 2048,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=8192,
-            tie_word_embeddings=True,
-        )
-        model = LlamaForCausalLM(config)
+        vocab_size = 49152 if name == "tiny" else 2048
+        model = random_llama(vocab_size, hidden_size=64, intermediate_size=128, max_position_embeddings=8192)
     elif name == "random-1b":  # Llama-3.2-1B shapes, random weights: a realistic GPU-sized model without the Hub
-        config = LlamaConfig(
-            vocab_size=128256,
+        model = random_llama(
+            128256,
             hidden_size=2048,
             intermediate_size=8192,
             num_hidden_layers=16,
             num_attention_heads=32,
             num_key_value_heads=8,
             max_position_embeddings=8192,
-            tie_word_embeddings=True,
         )
-        model = LlamaForCausalLM(config)
     else:
         if name == "smollm2":
             from trl_sapo.tools.models import prepare_smollm2

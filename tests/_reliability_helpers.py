@@ -33,37 +33,33 @@ def tiny_dataset(n: int = 16):
     return Dataset.from_dict({"prompt": PROMPTS[:n]})
 
 
-def tiny_config(output_dir, **overrides):
-    """SAPOConfig for a few fast, deterministic CPU steps (float32, greedy-free sampling with fixed seeds)."""
+def tiny_config(output_dir, config_cls=None, **overrides):
+    """SAPOConfig (or `config_cls`) for a few fast, deterministic CPU steps (float32, sampling with fixed seeds)."""
     from trl_sapo import SAPOConfig
+    from trl_sapo.tools.testing import CPU_TRAINING_KWARGS
 
     kwargs = dict(
         output_dir=str(output_dir),
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=4,
-        num_generations=4,
+        **CPU_TRAINING_KWARGS,
         max_completion_length=8,
         learning_rate=1e-2,
         max_steps=4,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
         data_seed=0,
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
     kwargs.update(overrides)
-    return SAPOConfig(**kwargs)
+    return (config_cls or SAPOConfig)(**kwargs)
 
 
-def tiny_trainer(model_path, output_dir, *, reward_funcs=None, peft=False, trainer_cls=None, **overrides):
+def tiny_trainer(
+    model_path, output_dir, *, reward_funcs=None, peft=False, trainer_cls=None, config_cls=None, **overrides
+):
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
     from trl_sapo import SAPOTrainer
 
-    args = tiny_config(output_dir, **overrides)
+    args = tiny_config(output_dir, config_cls, **overrides)
     set_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_path)

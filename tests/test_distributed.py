@@ -1,8 +1,9 @@
 """2-process `accelerate launch` runs of scripts/gsm8k_sapo.py on CPU (gloo): DDP, DeepSpeed ZeRO-2 and ZeRO-3.
 
 Each rank records what it trained with (world size, backend, a parameter checksum) through a callback passed to
-`main()` by a small entry script written here, so the test fails if the processes silently train alone. FSDP
-cannot run on CPU with accelerate 1.15 (it silently degrades to DDP); the script rejects that, tested below.
+the script's `main()` by a small entry script written here (it runs the script file with `runpy`), so the test
+fails if the processes silently train alone. FSDP cannot run on CPU with accelerate 1.15 (it silently degrades to
+DDP); the script rejects that, tested below.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 ENTRY = f"""
-import json, os, sys
+import json, os, runpy
 import torch
 from accelerate.state import AcceleratorState
 from transformers import TrainerCallback
 
-sys.path.insert(0, {str(REPO_ROOT / "scripts")!r})
-import gsm8k_sapo
+from trl_sapo.gsm8k.recipe import parse_args
+
+main = runpy.run_path({str(REPO_ROOT / "scripts" / "gsm8k_sapo.py")!r}, run_name="gsm8k_sapo")["main"]
 
 
 class RecordRank(TrainerCallback):
@@ -49,7 +51,7 @@ class RecordRank(TrainerCallback):
             json.dump(record, f)
 
 
-gsm8k_sapo.main(*gsm8k_sapo.parse_args(), callbacks=[RecordRank()])
+main(*parse_args(), callbacks=[RecordRank()])
 """
 
 

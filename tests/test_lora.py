@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from test_script import assert_training_logged, load_script, tiny_run_args, write_reward_module
 
+from trl_sapo.gsm8k import recipe as gsm8k_recipe
+
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model_path):
@@ -27,7 +29,7 @@ def lora_run(tmp_path_factory, tiny_model_path):
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(folder))  # the dotted reward path resolves like it would from the launch folder
-        script.main(*script.parse_args(args))
+        script.main(*gsm8k_recipe.parse_args(args))
     return output_dir
 
 

@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trl_sapo import launch
+from trl_sapo.gsm8k import recipe as gsm8k_recipe
+from trl_sapo.tools.testing import CPU_TRAINING_KWARGS, as_cli_flags
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "gsm8k_sapo.py"
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
@@ -30,7 +34,7 @@ def length_reward(completions, **kwargs):
 
 
 def load_script():
-    """scripts/gsm8k_sapo.py as a module (scripts/ is not a package)."""
+    """scripts/gsm8k_sapo.py as a module, for its main() (the recipe's helpers are in trl_sapo.gsm8k.recipe)."""
     if "gsm8k_sapo" not in sys.modules:
         spec = importlib.util.spec_from_file_location("gsm8k_sapo", SCRIPT)
         module = importlib.util.module_from_spec(spec)
@@ -42,25 +46,18 @@ def load_script():
 def tiny_run_args(model_path, output_dir, **overrides) -> list[str]:
     """CLI flags of a 2-step run on the tiny model; the second optimizer step is off-policy (2 steps/generation)."""
     options = {
+        **as_cli_flags(CPU_TRAINING_KWARGS),
         "model_name_or_path": str(model_path),
         "dataset_name": "synthetic",
         "num_train_examples": 16,
         "output_dir": str(output_dir),
         "max_steps": 2,
-        "per_device_train_batch_size": 4,
-        "num_generations": 4,
         "max_completion_length": 8,
         "gradient_accumulation_steps": 1,
         "steps_per_generation": 2,
         "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "use_cpu": "true",
-        "bf16": "false",
         "gradient_checkpointing": "false",
         "disable_tqdm": "true",
-        "seed": 0,
         **overrides,
     }
     args = []
@@ -111,15 +108,14 @@ def test_recipe_parses(recipe):
 
     from trl_sapo import SAPOConfig
 
-    script = load_script()
-    script_args, training_args, model_args = script.parse_args(["--config", str(recipe)])
+    script_args, training_args, model_args = gsm8k_recipe.parse_args(["--config", str(recipe)])
     assert isinstance(training_args, SAPOConfig) and isinstance(model_args, ModelConfig)
     config = yaml.safe_load(recipe.read_text())
     assert model_args.model_name_or_path == config["model_name_or_path"]
     assert training_args.use_sapo_loss == config.get("use_sapo_loss", True)
     assert script_args.reward_funcs == config["reward_funcs"]
-    script.check_args(script_args, training_args, model_args)
-    script.load_reward_funcs(script_args.reward_funcs)
+    gsm8k_recipe.check_args(script_args, training_args, model_args)
+    gsm8k_recipe.load_reward_funcs(script_args.reward_funcs)
     if training_args.reward_weights is not None:
         assert len(training_args.reward_weights) == len(script_args.reward_funcs)
     # Off-policy regime: each generation round feeds more than one optimizer step.
@@ -140,10 +136,9 @@ def test_gpu_recipe_batches_divide_on_8_gpus(recipe):
 
 
 def test_grpo_twin_differs_only_in_the_loss():
-    script = load_script()
     parsed = {}
     for arm in ("sapo", "grpo"):
-        script_args, training_args, model_args = script.parse_args(
+        script_args, training_args, model_args = gsm8k_recipe.parse_args(
             ["--config", str(REPO_ROOT / "recipes" / f"qwen2.5-0.5b-instruct_{arm}.yaml")]
         )
         parsed[arm] = {**vars(script_args), **training_args.to_dict(), **vars(model_args)}
@@ -163,11 +158,11 @@ def test_unknown_recipe_key_is_rejected(tmp_path):
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("model_name_or_path: x\nsapo_tau_pso: 2.0\n")
     with pytest.raises(ValueError, match="sapo_tau_pso"):
-        load_script().parse_args(["--config", str(recipe)])
+        gsm8k_recipe.parse_args(["--config", str(recipe)])
 
 
 def test_help_lists_every_sapo_and_script_option():
-    help_text = load_script().make_parser().format_help()
+    help_text = gsm8k_recipe.make_parser().format_help()
     for option in (
         "--sapo_tau_pos",
         "--sapo_tau_neg",
@@ -208,7 +203,7 @@ def test_cli_overrides_yaml(tmp_path):
             }
         )
     )
-    script_args, training_args, model_args = load_script().parse_args(
+    script_args, training_args, model_args = gsm8k_recipe.parse_args(
         ["--config", str(recipe), "--sapo_tau_pos", "0.5", "--reward_funcs", "format", "accuracy"]
     )
     assert training_args.sapo_tau_pos == 0.5  # CLI wins
@@ -219,7 +214,7 @@ def test_cli_overrides_yaml(tmp_path):
 
 
 def test_defaults():
-    script_args, training_args, model_args = load_script().parse_args(["--use_cpu", "true", "--bf16", "false"])
+    script_args, training_args, model_args = gsm8k_recipe.parse_args(["--use_cpu", "true", "--bf16", "false"])
     assert model_args.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
     assert script_args.dataset_name == "openai/gsm8k" and script_args.dataset_config == "main"
     assert script_args.reward_funcs == ["accuracy", "format"]
@@ -232,15 +227,14 @@ def test_precision_fallback_without_gpu(caplog):
 
     if is_torch_bf16_gpu_available():
         pytest.skip("a bf16-capable accelerator is present: GRPOConfig's bf16=True default applies")
-    script = load_script()
-    with caplog.at_level("WARNING", logger="gsm8k_sapo"):
-        _, training_args, _ = script.parse_args([])
+    with caplog.at_level("WARNING", logger="trl_sapo.launch"):
+        _, training_args, _ = gsm8k_recipe.parse_args([])
     assert training_args.bf16 is False and training_args.use_cpu is True
     assert "bf16=False" in caplog.text and "use_cpu=True" in caplog.text
 
     caplog.clear()
-    with caplog.at_level("WARNING", logger="gsm8k_sapo"):
-        _, training_args, _ = script.parse_args(["--bf16", "true"])
+    with caplog.at_level("WARNING", logger="trl_sapo.launch"):
+        _, training_args, _ = gsm8k_recipe.parse_args(["--bf16", "true"])
     assert training_args.bf16 is True and training_args.use_cpu is True  # explicit bf16 honoured (CPU autocast)
     assert "bf16=False" not in caplog.text
 
@@ -256,7 +250,7 @@ def test_precision_fallback_without_gpu(caplog):
 )
 def test_bad_options_fail_before_training(flags, message):
     script = load_script()
-    args = script.parse_args(["--use_cpu", "true", "--bf16", "false", *flags])
+    args = gsm8k_recipe.parse_args(["--use_cpu", "true", "--bf16", "false", *flags])
     with pytest.raises(ValueError, match=message):
         script.main(*args)
 
@@ -265,20 +259,19 @@ def test_launch_guards_reject_silent_fallbacks(monkeypatch):
     """Processes that would train alone, or an FSDP/DeepSpeed launch that accelerate would quietly replace."""
     from accelerate.utils import DistributedType
 
-    script = load_script()
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="use_cpu true"):
-        script.check_world_size(1)
-    script.check_world_size(2)
+        launch.check_world_size(1)
+    launch.check_world_size(2)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(RuntimeError, match="requested FSDP, but training would run with MULTI_CPU"):
-        script.check_backend(DistributedType.MULTI_CPU)
-    script.check_backend(DistributedType.FSDP)
+        launch.check_backend(DistributedType.MULTI_CPU)
+    launch.check_backend(DistributedType.FSDP)
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(RuntimeError, match="requested DEEPSPEED"):
-        script.check_backend(DistributedType.MULTI_CPU)
-    script.check_backend(DistributedType.DEEPSPEED)
+        launch.check_backend(DistributedType.MULTI_CPU)
+    launch.check_backend(DistributedType.DEEPSPEED)
 
 
 def test_bad_data_error_names_the_row(tmp_path):
@@ -292,14 +285,14 @@ def test_bad_data_error_names_the_row(tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     script = load_script()
-    args = script.parse_args(["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data)])
+    args = gsm8k_recipe.parse_args(["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data)])
     with pytest.raises(DataError, match="row 1"):
         script.main(*args)  # fails while loading data, before any model is loaded
 
-    script_args, _, _ = script.parse_args(
+    script_args, _, _ = gsm8k_recipe.parse_args(
         ["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data), "--skip_invalid_rows", "true"]
     )
-    dataset = script.load_split(script_args, "train", None, seed=0)
+    dataset = gsm8k_recipe.load_split(script_args, "train", None, seed=0)
     assert dataset["answer"] == [rows[0]["answer"], rows[2]["answer"]]
     assert dataset[0]["prompt"][-1] == {"role": "user", "content": "1 + 1?"}
 
@@ -359,7 +352,7 @@ def test_smollm2_one_step(tmp_path, smollm2_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread is several times faster than oversubscribed ones on a busy CI machine
     try:
-        trainer = script.main(*script.parse_args(args))
+        trainer = script.main(*gsm8k_recipe.parse_args(args))
     finally:
         torch.set_num_threads(threads)
     assert trainer.state.global_step == 2

@@ -10,18 +10,9 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer, TrlParser
 
 from trl_sapo import SAPOConfig, SAPOTrainer
+from trl_sapo.tools.testing import CPU_TRAINING_KWARGS
 
-COMMON = dict(
-    use_cpu=True,
-    bf16=False,
-    per_device_train_batch_size=4,
-    num_generations=4,
-    max_completion_length=6,
-    report_to="none",
-    save_strategy="no",
-    logging_steps=1,
-    seed=0,
-)
+COMMON = {**CPU_TRAINING_KWARGS, "max_completion_length": 6}
 
 
 def length_reward(completions, **kwargs):

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .reliability import ReliabilityConfigMixin
+
 # Loss types whose objective is not "gate × advantage": the gate would silently replace their defining term.
 INCOMPATIBLE_LOSS_TYPES = {
     "cispo": "CISPO multiplies clipped, detached IS weights by log-probs instead of gating the ratio",
@@ -24,11 +26,12 @@ class SAPOConfigError(ValueError):
 
 
 @dataclass
-class SAPOConfig(GRPOConfig):
+class SAPOConfig(ReliabilityConfigMixin, GRPOConfig):
     r"""
     Configuration class for [`trl_sapo.SAPOTrainer`].
 
-    Inherits every parameter of [`trl.GRPOConfig`]. SAPO (Soft Adaptive Policy Optimization,
+    Inherits every parameter of [`trl.GRPOConfig`], and `save_on_sigterm` / `nonfinite_policy` from
+    [`trl_sapo.reliability.ReliabilityConfigMixin`]. SAPO (Soft Adaptive Policy Optimization,
     https://huggingface.co/papers/2511.20347) replaces the clipped surrogate with a smooth gate on the importance
     ratio `r = π_θ / π_old`: per token, loss `= -f(r) · A` with `f(r) = 4/τ · σ(τ (r - 1))`, `τ = sapo_tau_pos` when
     `A > 0` and `sapo_tau_neg` when `A ≤ 0`. Its gradient weight `w = 4 σ(z)(1 - σ(z)) r` is 1 on-policy and decays
@@ -54,16 +57,9 @@ class SAPOConfig(GRPOConfig):
             How per-token losses are aggregated. SAPO's default is the paper's: mean over each sequence's tokens,
             then over sequences. `"bnpo"`, `"dr_grpo"`, `"dapo"`, `"luspo"` aggregate as in GRPOTrainer (`"sapo"`
             is an alias of `"grpo"`); `"cispo"` and `"vespo"` define a different objective and are rejected.
-        save_on_sigterm (`bool`, *optional*, defaults to `True`):
-            On SIGTERM (SLURM's warning before SIGKILL), finish the current optimizer step on every rank, save a
-            checkpoint that includes the buffered rollouts, and exit with status 0; resume with
-            `resume_from_checkpoint=True`. Replaces transformers' `enable_jit_checkpoint`. Give the job a grace
-            period of at least one step plus one save (`#SBATCH --signal=TERM@<seconds>`).
-        nonfinite_policy (`str`, *optional*, defaults to `"skip"`):
-            What to do when a step's loss or gradient norm is NaN/inf on any rank: `"skip"` leaves weights,
-            optimizer and LR schedule untouched and counts it in `sapo/nonfinite_steps`; `"raise"` stops with
-            `NonFiniteError`. Under DeepSpeed, skipping is done by DeepSpeed itself (fp16, bf16, ZeRO >= 1).
     """
+
+    config_error = SAPOConfigError  # raised by ReliabilityConfigMixin's validation too
 
     use_sapo_loss: bool = field(
         default=True,
@@ -102,41 +98,9 @@ class SAPOConfig(GRPOConfig):
         },
     )
 
-    save_on_sigterm: bool = field(
-        default=True,
-        metadata={
-            "help": "On SIGTERM, save a checkpoint (with the buffered rollouts) after the current optimizer step on "
-            "all ranks and exit with status 0. Replaces transformers' enable_jit_checkpoint."
-        },
-    )
-    nonfinite_policy: str = field(
-        default="skip",
-        metadata={
-            "help": "Steps with a NaN/inf loss or gradient norm: 'skip' (no optimizer/LR update, counted in "
-            "sapo/nonfinite_steps) or 'raise' (stop with NonFiniteError).",
-            "choices": ["skip", "raise"],
-        },
-    )
-
     def __post_init__(self):
-        super().__post_init__()
+        super().__post_init__()  # GRPOConfig's, then ReliabilityConfigMixin's validation
         self._validate_sapo()
-        self._validate_reliability()
-
-    def _validate_reliability(self) -> None:
-        if self.nonfinite_policy not in ("skip", "raise"):
-            raise SAPOConfigError(f"`nonfinite_policy` must be 'skip' or 'raise', got {self.nonfinite_policy!r}.")
-        if not isinstance(self.save_on_sigterm, bool):
-            raise SAPOConfigError(f"`save_on_sigterm` must be true or false, got {self.save_on_sigterm!r}.")
-        if self.save_on_sigterm and self.enable_jit_checkpoint:
-            warnings.warn(
-                "enable_jit_checkpoint=True is replaced by save_on_sigterm=True (SAPOTrainer's SIGTERM handler saves "
-                "after a completed optimizer step on all ranks, with the buffered rollouts). Set "
-                "save_on_sigterm=False to use transformers' handler instead.",
-                UserWarning,
-                stacklevel=3,
-            )
-            self.enable_jit_checkpoint = False
 
     def _validate_sapo(self) -> None:
         for name in ("sapo_tau_pos", "sapo_tau_neg"):

@@ -1,6 +1,15 @@
-"""Failure handling for SAPOTrainer: reward-function errors, exact mid-rollout resume, SIGTERM, non-finite steps.
+"""Failure handling for GRPO trainers: reward-function errors, exact mid-rollout resume, SIGTERM, non-finite steps.
 
-`SAPOTrainer` wires these in with a few lines; everything here works on any GRPOTrainer subclass (trl 1.16).
+`ReliabilityMixin` (trainer) and `ReliabilityConfigMixin` (config) add all four to any GRPOTrainer / GRPOConfig
+subclass (trl 1.16); `SAPOTrainer`/`SAPOConfig` use them by default, and `ReliableGRPOTrainer`/`ReliableGRPOConfig`
+are plain GRPO with them:
+
+    class MyTrainer(ReliabilityMixin, GRPOTrainer): ...       # the mixin first, so that its hooks wrap GRPO's
+    @dataclass
+    class MyConfig(ReliabilityConfigMixin, GRPOConfig): ...   # adds save_on_sigterm and nonfinite_policy
+
+With a config that lacks those fields (a plain GRPOConfig) the mixin uses their defaults: `save_on_sigterm=True`,
+`nonfinite_policy="skip"`.
 
 Reward functions (`RewardGuard`)
     TRL's contract is kept: a reward function may return `None` (or NaN) for a completion it does not apply to.
@@ -43,6 +52,7 @@ Non-finite steps (`NonFiniteWatchdog`, `SAPOConfig.nonfinite_policy`)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import numbers
@@ -56,6 +66,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
+from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import is_async_callable
 
 logger = logging.get_logger(__name__)
@@ -426,3 +437,128 @@ class NonFiniteWatchdog(TrainerCallback):
         if any(k.startswith("eval_") for k in logs):
             return logs
         return {**logs, "sapo/nonfinite_steps": float(self.count)}
+
+
+# ---- Mixins: the hooks that wire the above into a GRPOTrainer ----------------------------------------------------
+
+
+@dataclasses.dataclass
+class ReliabilityConfigMixin:
+    """Config fields of `ReliabilityMixin`, for a GRPOConfig subclass: ``class C(ReliabilityConfigMixin, GRPOConfig)``.
+
+    Parameters:
+        save_on_sigterm (`bool`, *optional*, defaults to `True`):
+            On SIGTERM (SLURM's warning before SIGKILL), finish the current optimizer step on every rank, save a
+            checkpoint that includes the buffered rollouts, and exit with status 0; resume with
+            `resume_from_checkpoint=True`. Replaces transformers' `enable_jit_checkpoint`. Give the job a grace
+            period of at least one step plus one save (`#SBATCH --signal=TERM@<seconds>`).
+        nonfinite_policy (`str`, *optional*, defaults to `"skip"`):
+            What to do when a step's loss or gradient norm is NaN/inf on any rank: `"skip"` leaves weights,
+            optimizer and LR schedule untouched and counts it in `sapo/nonfinite_steps`; `"raise"` stops with
+            `NonFiniteError`. Under DeepSpeed, skipping is done by DeepSpeed itself (fp16, bf16, ZeRO >= 1).
+    """
+
+    config_error = ValueError  # not a field (no annotation): the error class invalid values raise
+
+    save_on_sigterm: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": "On SIGTERM, save a checkpoint (with the buffered rollouts) after the current optimizer step on "
+            "all ranks and exit with status 0. Replaces transformers' enable_jit_checkpoint."
+        },
+    )
+    nonfinite_policy: str = dataclasses.field(
+        default="skip",
+        metadata={
+            "help": "Steps with a NaN/inf loss or gradient norm: 'skip' (no optimizer/LR update, counted in "
+            "sapo/nonfinite_steps) or 'raise' (stop with NonFiniteError).",
+            "choices": ["skip", "raise"],
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._validate_reliability()
+
+    def _validate_reliability(self) -> None:
+        if self.nonfinite_policy not in ("skip", "raise"):
+            raise self.config_error(f"`nonfinite_policy` must be 'skip' or 'raise', got {self.nonfinite_policy!r}.")
+        if not isinstance(self.save_on_sigterm, bool):
+            raise self.config_error(f"`save_on_sigterm` must be true or false, got {self.save_on_sigterm!r}.")
+        if self.save_on_sigterm and self.enable_jit_checkpoint:
+            warnings.warn(
+                "enable_jit_checkpoint=True is replaced by save_on_sigterm=True (the trainer's SIGTERM handler saves "
+                "after a completed optimizer step on all ranks, with the buffered rollouts). Set "
+                "save_on_sigterm=False to use transformers' handler instead.",
+                UserWarning,
+                stacklevel=4,
+            )
+            self.enable_jit_checkpoint = False
+
+
+class ReliabilityMixin:
+    """Reward-function errors, rollouts in checkpoints, SIGTERM checkpointing and the non-finite watchdog for a
+    GRPOTrainer subclass: ``class T(ReliabilityMixin, GRPOTrainer)``. Each hook is a thin adapter around the classes
+    and functions above; the config fields are `ReliabilityConfigMixin`'s (their defaults when the config has none).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._reward_guard = guard_reward_funcs(self)
+        self._watchdog = NonFiniteWatchdog(self, getattr(self.args, "nonfinite_policy", "skip"))
+        self._preemption = PreemptionCallback(self) if getattr(self.args, "save_on_sigterm", True) else None
+        for callback in (self._watchdog, self._preemption):
+            if callback is not None:
+                self.add_callback(callback)
+
+    def train(self, *args, **kwargs):
+        try:
+            output = super().train(*args, **kwargs)
+        finally:
+            if self._preemption is not None:
+                self._preemption.uninstall()  # also when train() raises: restore the previous SIGTERM handler
+        if self._preemption is not None and self._preemption.preempted:
+            logger.warning(
+                f"Stopped by SIGTERM after saving checkpoint-{self.state.global_step}; exiting with status "
+                f"{PREEMPTED_EXIT_CODE}. Resume with resume_from_checkpoint=True."
+            )
+            raise SystemExit(PREEMPTED_EXIT_CODE)
+        return output
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._watchdog.observe_loss(loss)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._watchdog.before_optimizer_step(grad_norm)
+        return grad_norm
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._reward_guard.raise_if_failed(self.accelerator)  # all ranks together, after TRL's gather
+        return rewards_per_func
+
+    def _save_checkpoint(self, model, trial):
+        if not self.args.save_only_model:  # written first: a checkpoint with trainer_state.json is complete
+            extra = {"nonfinite_steps": self._watchdog.count}
+            save_rollout_state(self, checkpoint_dir(self, trial), extra)
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and (state := load_rollout_state(self, checkpoint)) is not None:
+            self._watchdog.count = state.get("nonfinite_steps", 0)
+
+    def log(self, logs, start_time=None):
+        super().log(self._watchdog.add_to_logs(logs) if self.model.training else logs, start_time)
+
+
+@dataclasses.dataclass
+class ReliableGRPOConfig(ReliabilityConfigMixin, GRPOConfig):
+    """`trl.GRPOConfig` plus `ReliabilityConfigMixin`'s fields (`save_on_sigterm`, `nonfinite_policy`)."""
+
+
+class ReliableGRPOTrainer(ReliabilityMixin, GRPOTrainer):
+    """`trl.GRPOTrainer` (its own loss, unchanged) with `ReliabilityMixin`'s failure handling."""

@@ -7,22 +7,25 @@ from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from . import loss as sapo
-from . import reliability
 from .config import SAPOConfig
+from .reliability import ReliabilityMixin
 
 
-class SAPOTrainer(GRPOTrainer):
+class SAPOTrainer(ReliabilityMixin, GRPOTrainer):
     """
     Trainer for Soft Adaptive Policy Optimization (SAPO, https://huggingface.co/papers/2511.20347).
 
-    The only change w.r.t. [`trl.GRPOTrainer`] is the policy term of the loss: `-f(r) · A` with SAPO's gate
-    `f(r) = 4/τ · σ(τ (r - 1))` (see `trl_sapo.loss`) instead of `-min(r A, clip(r) A)`. Generation, rewards,
-    advantages, the KL penalty, vLLM importance-sampling correction, entropy masking and bonus, the off-policy
-    sequence mask, MoE aux loss and the loss aggregation for `loss_type` are GRPOTrainer's, unchanged. With
-    `args.use_sapo_loss=False` the trainer is exactly GRPOTrainer.
+    The only change w.r.t. [`trl.GRPOTrainer`] is `_compute_loss`: the per-token policy term is `-f(r) · A` with
+    SAPO's gate `f(r) = 4/τ · σ(τ (r - 1))` (float32, exact log-space backward: `trl_sapo.loss`) instead of
+    `-min(r A, clip(r) A)`, and `sapo/*` gate metrics (mean gate, mean gradient weight, soft-clipped share, by
+    advantage sign; ratio mean and max) are logged in place of `clip_ratio/*`. Everything else in the loss
+    (KL penalty, vLLM importance-sampling correction, entropy mask and bonus, off-policy sequence mask, MoE aux loss,
+    aggregation for `loss_type`) is GRPOTrainer's code, mirrored verbatim. With `args.use_sapo_loss=False` the loss
+    is GRPOTrainer's.
 
-    It logs `sapo/*` gate diagnostics (mean gate, mean gradient weight, soft-clipped share, by advantage sign; ratio
-    mean and max) in place of GRPO's `clip_ratio/*`.
+    Independently of the loss, [`trl_sapo.reliability.ReliabilityMixin`] is applied (as it can be to any
+    GRPOTrainer): reward-function errors, buffered rollouts in checkpoints, SIGTERM checkpointing and the non-finite
+    step watchdog (`save_on_sigterm`, `nonfinite_policy`).
     """
 
     _tag_names = ["trl", "sapo", "grpo"]
@@ -52,70 +55,23 @@ class SAPOTrainer(GRPOTrainer):
         super().__init__(model, reward_funcs, args=args, **kwargs)
         if args.use_sapo_loss and args.loss_type == "sapo":
             self.loss_type = "grpo"  # same aggregation; keeps GRPOTrainer's "grpo" branches for anything it shares
-        # Reliability (see trl_sapo/reliability.py): reward errors, rollouts in checkpoints, SIGTERM, NaN steps.
-        self._reward_guard = reliability.guard_reward_funcs(self)
-        self._watchdog = reliability.NonFiniteWatchdog(self, args.nonfinite_policy)
-        self._preemption = reliability.PreemptionCallback(self) if args.save_on_sigterm else None
-        for callback in (self._watchdog, self._preemption):
-            if callback is not None:
-                self.add_callback(callback)
 
-    # -- Reliability hooks: thin adapters, the logic is in trl_sapo/reliability.py ----------------------------------
-    def train(self, *args, **kwargs):
-        try:
-            output = super().train(*args, **kwargs)
-        finally:
-            if self._preemption is not None:
-                self._preemption.uninstall()  # also when train() raises: restore the previous SIGTERM handler
-        if self._preemption is not None and self._preemption.preempted:
-            reliability.logger.warning(
-                f"Stopped by SIGTERM after saving checkpoint-{self.state.global_step}; exiting with status "
-                f"{reliability.PREEMPTED_EXIT_CODE}. Resume with resume_from_checkpoint=True."
-            )
-            raise SystemExit(reliability.PREEMPTED_EXIT_CODE)
-        return output
-
-    def training_step(self, model, inputs, num_items_in_batch):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        self._watchdog.observe_loss(loss)
-        return loss
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self._watchdog.before_optimizer_step(grad_norm)
-        return grad_norm
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._reward_guard.raise_if_failed(self.accelerator)  # all ranks together, after TRL's gather
-        return rewards_per_func
-
-    def _save_checkpoint(self, model, trial):
-        if not self.args.save_only_model:  # written first: a checkpoint with trainer_state.json is complete
-            extra = {"nonfinite_steps": self._watchdog.count}
-            reliability.save_rollout_state(self, reliability.checkpoint_dir(self, trial), extra)
-        super()._save_checkpoint(model, trial)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None and (state := reliability.load_rollout_state(self, checkpoint)) is not None:
-            self._watchdog.count = state.get("nonfinite_steps", 0)
-
-    def log(self, logs, start_time=None):
-        super().log(self._watchdog.add_to_logs(logs) if self.model.training else logs, start_time)
-
+    # Mirrored from trl==1.16.0 trl/trainer/grpo_trainer.py L3020-L3290 (GRPOTrainer._compute_loss): verbatim outside
+    # the `# --- SAPO: begin/end` blocks. tests/test_trl_mirror.py checks this against the installed TRL.
     def _compute_loss(self, model, inputs):
+        # --- SAPO: begin (use_sapo_loss=False: GRPOTrainer's own objective, unchanged)
         if not self.args.use_sapo_loss:
             return super()._compute_loss(model, inputs)
-
-        # -- Same inputs as GRPOTrainer._compute_loss (trl 1.16) ------------------------------------------------
+        # --- SAPO: end
+        # Compute the per-token log probabilities for the model
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        logits_to_keep = completion_ids.size(1)
+        logits_to_keep = completion_ids.size(1)  # we only need to compute the logits for the completion tokens
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
 
+        # Compute the per_token_logps and the entropy at each position in the completion
         per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
             input_ids,
@@ -123,22 +79,53 @@ class SAPOTrainer(GRPOTrainer):
             logits_to_keep,
             compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled,
-            **{key: inputs.get(key) for key in _MULTIMODAL_KEYS},
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"),
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            spatial_shapes=inputs.get("spatial_shapes"),
+            num_tiles=inputs.get("num_tiles"),
+            image_sizes=inputs.get("image_sizes"),
+            token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"),
+            image_position_ids=inputs.get("image_position_ids"),
         )
-        entropy_mask = (
-            self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
-            if self.top_entropy_quantile < 1.0
-            else None
-        )
+
+        if self.top_entropy_quantile < 1.0:
+            entropy_mask = self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+        else:
+            entropy_mask = None
+
+        # Compute the loss
         advantages = inputs["advantages"]
+        # In the base GRPO implementation, advantages are expected to have shape (B,). To support subclasses that
+        # provide advantages with shape (B, T), we *conditionally* unsqueeze the tensor.
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
-        # None when old == current policy (num_iterations == 1 and no buffered steps): GRPOTrainer skips computing it.
+        # When num_iterations == 1 and steps_per_generation <= gradient_accumulation_steps,
+        # old_per_token_logps == per_token_logps. In this case we can skip its computation
+        # (see _generate_and_score_completions) and instead use per_token_logps.detach().
+        # The exception is when using vLLM, where we always compute old_per_token_logps
+        # for importance sampling
         old_per_token_logps = inputs.get("old_per_token_logps")
-        if old_per_token_logps is None:
-            old_per_token_logps = per_token_logps.detach()
+        old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps
 
-        # -- SAPO's policy term: the only change ---------------------------------------------------------------
+        if self.off_policy_mask_threshold is not None:
+            # OPSM should use inference-time logprobs to detect both sources of off-policyness:
+            # 1. Drift from gradient updates (always present)
+            # 2. Drift from training-inference mismatch (when using vLLM)
+            # When using vLLM, prioritize sampling_per_token_logps, otherwise use old_per_token_logps
+            sampling_per_token_logps = inputs.get("sampling_per_token_logps", old_per_token_logps)
+
+            off_policy_mask = self.get_off_policy_mask(
+                advantages=advantages,
+                per_token_logps=per_token_logps,
+                sampling_per_token_logps=sampling_per_token_logps,
+                mask=mask,
+                off_policy_threshold=self.off_policy_mask_threshold,
+            )
+
+        # --- SAPO: begin (gate and log-ratio in float32, masked positions exactly 0: trl_sapo.loss)
         terms = sapo.sapo_per_token_loss(
             per_token_logps,
             old_per_token_logps,
@@ -148,98 +135,164 @@ class SAPOTrainer(GRPOTrainer):
             tau_neg=self.args.sapo_tau_neg,
             importance_sampling_level=self.importance_sampling_level,
         )
-        per_token_loss = terms.per_token_loss
+        log_importance_weights = terms.log_importance_weights
+        # --- SAPO: end
 
-        # -- GRPOTrainer's modifiers, unchanged ----------------------------------------------------------------
-        if self.off_policy_mask_threshold is not None:
-            per_token_loss = per_token_loss * self.get_off_policy_mask(
-                advantages=advantages,
-                per_token_logps=per_token_logps,
-                sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_per_token_logps),
-                mask=mask,
-                off_policy_threshold=self.off_policy_mask_threshold,
-            )
-        if entropy_mask is not None:
-            per_token_loss = per_token_loss * entropy_mask
-        if self.use_vllm and self.vllm_importance_sampling_correction:
-            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+        coef_1 = torch.exp(log_importance_weights)
+
+        # Compute the KL divergence between the model and the reference model
         if self.beta != 0.0:
             ref_per_token_logps = inputs["ref_per_token_logps"]
             per_token_kl = (
                 torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
             )
+            # Importance sampling correction for the KL divergence
             if self.args.use_bias_correction_kl:
-                per_token_kl = per_token_kl * torch.exp(terms.log_importance_weights)
+                per_token_kl = per_token_kl * coef_1
+
+        # From here, log_importance_weights (and all subsequent tensors, coef_1, coef_2, etc.) shape depends on
+        # importance_sampling_level: "token" level: (B, T); "sequence" level: (B, 1)
+        # --- SAPO: begin (the policy term -f(r)·A replaces the loss_type branches; aggregation below is unchanged)
+        per_token_loss = terms.per_token_loss
+        # --- SAPO: end
+
+        if self.off_policy_mask_threshold is not None:
+            per_token_loss = per_token_loss * off_policy_mask
+
+        if entropy_mask is not None:
+            per_token_loss = per_token_loss * entropy_mask
+
+        if self.use_vllm and self.vllm_importance_sampling_correction and self.loss_type != "vespo":
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+
+        if self.beta != 0.0:
             per_token_loss = per_token_loss + self.beta * per_token_kl
 
         mode = "train" if self.model.training else "eval"
-        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        num_items = None
-        if self.loss_type == "dapo":
-            # `num_items_in_batch` spans the generation batch: rescale it to one accumulation window on this process
-            num_items = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-            if mode == "train":
-                num_items = num_items * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-        loss = sapo.aggregate(per_token_loss, mask, self.loss_type, self.max_completion_length, num_items)
-        policy_loss = loss.detach()
-        if self.loss_type != "dapo":  # dapo's normalizer already covers the accumulation window
-            loss = loss / accumulation
+        if self.loss_type in ["grpo", "sapo"]:
+            loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+            normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0  # no accum in eval
+            policy_loss = loss.detach()
+            loss = loss / normalizer
+        elif self.loss_type == "bnpo":
+            loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
+            normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0  # no accum in eval
+            policy_loss = loss.detach()
+            loss = loss / normalizer
+        elif self.loss_type == "dr_grpo":
+            loss = (per_token_loss * mask).sum() / (per_token_loss.size(0) * self.max_completion_length)
+            normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0  # no accum in eval
+            policy_loss = loss.detach()
+            loss = loss / normalizer
+        elif self.loss_type in ["cispo", "dapo", "vespo"]:
+            # `num_items_in_batch` spans the generation batch, so rescale it to one accumulation window
+            normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":  # in eval, the batch is neither split across steps nor accumulated
+                normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            loss = (per_token_loss * mask).sum() / normalizer
+            policy_loss = loss.detach()
+        elif self.loss_type == "luspo":
+            # `per_token_loss` is (B, 1) only in the recommended sequence-level setup; importance_sampling_level=
+            # "token" (the config default), the KL term, token-level vLLM IS ratios, and the entropy mask all
+            # broadcast it to (B, T), so mask before aggregating.
+            loss = (per_token_loss * mask).sum(-1).mean()
+            normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            policy_loss = loss.detach()
+            loss = loss / normalizer
+        else:
+            raise ValueError(f"Unknown loss type: {self.loss_type}")
 
-        loss = self._add_entropy_bonus(loss, policy_loss, entropies, mask, entropy_mask, mode, accumulation)
+        # Entropy bonus: add entropy regularization to encourage exploration. _entropy_bonus_enabled is set
+        # whenever a non-zero static coef is set OR adaptive mode is enabled (adaptive stays enabled even when
+        # entropy_coef has been decremented to entropy_coef_min so it can recover once entropy drops again).
+        if self._entropy_bonus_enabled:
+            # When top_entropy_quantile < 1.0, entropy_mask restricts policy gradients to high-entropy
+            # tokens. Use the same effective mask for the entropy bonus so it acts on the same tokens.
+            effective_mask = mask if entropy_mask is None else mask * entropy_mask
+            # Entropy bonus = mean per-token entropy H (the documented objective L = L_policy - coef * H), so
+            # H does not depend on how each loss type normalizes its policy term. The bonus is a mean over the
+            # tokens it acts on (effective_mask), scaled only for gradient accumulation, never by a loss-type-
+            # specific policy normalizer. (The adaptive controller below tracks a window-global token-weighted mean,
+            # which can differ from this per-micro-batch mean when token counts vary across micro-batches.)
+            accumulation_factor = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            entropy_loss = (
+                (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0) / accumulation_factor
+            )
+
+            # Apply the coefficient and gating from the end of the previous optimizer step, so that every
+            # micro-batch in the current accumulation window applies the same entropy bonus. The adaptive
+            # update below only takes effect on the next step.
+            if self.use_adaptive_entropy:
+                apply_coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
+            else:
+                apply_coef = self.entropy_coef
+
+            loss = loss - apply_coef * entropy_loss
+
+            self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
+
+            # Adaptive update. Gated on train mode so evaluation cannot mutate the entropy controller state.
+            if self.use_adaptive_entropy and mode == "train":
+                # Accumulate the entropy sum and active-token count of every micro-batch into a running window
+                # buffer, so the controller measures the exact window-global entropy rather than just the last
+                # micro-batch (which would be a 1 / gradient_accumulation_steps subsample).
+                stats = torch.stack([(entropies * effective_mask).sum(), effective_mask.sum()]).detach()
+                if self._entropy_window_stats is None:
+                    self._entropy_window_stats = stats
+                else:
+                    self._entropy_window_stats = self._entropy_window_stats + stats
+                # At the optimizer-step boundary, reduce the window totals across ranks (sum and token count
+                # jointly, for a true global mean unbiased when ranks have different completion lengths),
+                # update the coefficient for the next step, then reset the window buffer.
+                if self.accelerator.sync_gradients:
+                    window_stats = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+                    world_entropy = (window_stats[0] / window_stats[1].clamp(min=1.0)).item()
+                    if world_entropy <= self.args.entropy_target:
+                        self.entropy_coef = min(
+                            self.entropy_coef + self.args.entropy_coef_delta, self.args.entropy_coef_max
+                        )
+                    else:
+                        self.entropy_coef = max(
+                            self.entropy_coef - self.args.entropy_coef_delta, self.args.entropy_coef_min
+                        )
+                    self._last_world_entropy = world_entropy
+                    self._entropy_window_stats = None
+
+            # Log entropy_coef on train optimizer-step boundaries (constant for static control; updated just
+            # above for adaptive control). sync_gradients is always True in eval (no accumulation context).
+            if mode == "train" and self.accelerator.sync_gradients:
+                self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
+
+        # The policy loss above is scaled for gradient accumulation (HF auto-scaling is off here), so scale aux too
         if self.aux_loss_enabled:
-            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+            loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
-        # -- Metrics: GRPOTrainer's kl/entropy, plus sapo/* in place of clip_ratio/* -----------------------------
+        # Log the metrics
+        def masked_seq_mean(x):
+            if x.shape[1] == 1:  # when importance_sampling_level == "sequence": already one value per sequence
+                return x.squeeze(1)
+            return (x * mask).sum(-1) / mask.sum(-1)
+
+        def global_masked_mean(x):
+            if x.shape[1] == 1:  # when importance_sampling_level == "sequence": one value per sequence
+                local_sum, local_count = x.sum(), torch.tensor(float(x.shape[0]), device=x.device)
+            else:
+                local_sum, local_count = (x * mask).sum(), mask.sum().float()
+            totals = self.accelerator.reduce(torch.stack([local_sum, local_count]), reduction="sum")
+            return (totals[0] / totals[1].clamp(min=1.0)).item()
+
         if self.beta != 0.0:
-            self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
-        self._metrics[mode]["entropy"].append(self._global_masked_mean(entropies, mask))
+            self._metrics[mode]["kl"].append(global_masked_mean(per_token_kl))
+
+        self._metrics[mode]["entropy"].append(global_masked_mean(entropies))
+
+        # --- SAPO: begin (sapo/* gate metrics in place of clip_ratio/*)
         self._log_sapo_diagnostics(terms, advantages, mask, mode)
-        return loss
+        # --- SAPO: end
 
-    # GRPOTrainer computes the entropy bonus inline in `_compute_loss`; this follows it line by line (trl 1.16).
-    def _add_entropy_bonus(self, loss, policy_loss, entropies, mask, entropy_mask, mode, accumulation):
-        """L = L_policy - coef · H with GRPOTrainer's static or adaptive coefficient (and its metrics)."""
-        if not self._entropy_bonus_enabled:
-            return loss
-        effective_mask = mask if entropy_mask is None else mask * entropy_mask
-        entropy_loss = (entropies * effective_mask).sum() / effective_mask.sum().clamp(min=1.0) / accumulation
-        if self.use_adaptive_entropy:
-            apply_coef = self.entropy_coef if self._last_world_entropy <= self.args.entropy_target else 0.0
-        else:
-            apply_coef = self.entropy_coef
-        loss = loss - apply_coef * entropy_loss
-        self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
-        if self.use_adaptive_entropy and mode == "train":
-            stats = torch.stack([(entropies * effective_mask).sum(), effective_mask.sum()]).detach()
-            self._entropy_window_stats = (
-                stats if self._entropy_window_stats is None else self._entropy_window_stats + stats
-            )
-            if self.accelerator.sync_gradients:
-                window_stats = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
-                world_entropy = (window_stats[0] / window_stats[1].clamp(min=1.0)).item()
-                if world_entropy <= self.args.entropy_target:
-                    self.entropy_coef = min(
-                        self.entropy_coef + self.args.entropy_coef_delta, self.args.entropy_coef_max
-                    )
-                else:
-                    self.entropy_coef = max(
-                        self.entropy_coef - self.args.entropy_coef_delta, self.args.entropy_coef_min
-                    )
-                self._last_world_entropy = world_entropy
-                self._entropy_window_stats = None
-        if mode == "train" and self.accelerator.sync_gradients:
-            self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
         return loss
-
-    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
-        """Token-weighted mean over all processes ((B, 1) inputs: sequence-weighted), as GRPOTrainer logs."""
-        if x.shape[1] == 1:
-            local = torch.stack([x.sum(), torch.tensor(float(x.shape[0]), device=x.device)])
-        else:
-            local = torch.stack([(x * mask).sum(), mask.sum().float()])
-        totals = self.accelerator.reduce(local.float(), reduction="sum")
-        return (totals[0] / totals[1].clamp(min=1.0)).item()
 
     def _log_sapo_diagnostics(self, terms: sapo.SapoTerms, advantages, mask, mode: str) -> None:
         """Append `sapo/*` metrics, reduced over processes (sums and counts summed; the max maxed)."""
@@ -252,17 +305,3 @@ class SAPOTrainer(GRPOTrainer):
             # A split with no tokens anywhere (e.g. no A > 0 in this batch) logs NaN, which the logger's nanmean skips.
             self._metrics[mode][f"sapo/{name}"].append(total / count if count > 0 else float("nan"))
         self._metrics[mode]["sapo/ratio_max"].append(self.accelerator.gather(ratio_max.reshape(1)).max().item())
-
-
-_MULTIMODAL_KEYS = (
-    "pixel_values",
-    "image_grid_thw",
-    "num_images",
-    "pixel_attention_mask",
-    "spatial_shapes",
-    "num_tiles",
-    "image_sizes",
-    "token_type_ids",
-    "mm_token_type_ids",
-    "image_position_ids",
-)

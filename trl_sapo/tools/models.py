@@ -64,6 +64,35 @@ def _replace_dir(src: Path, dst: Path) -> None:
     src.rename(dst)
 
 
+def random_llama(
+    vocab_size: int,
+    *,
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    max_position_embeddings: int = 2048,
+    **config_kwargs,
+):
+    """A randomly initialised LlamaForCausalLM with tied embeddings (tiny by default: 2 layers, hidden 32). Seed
+    torch first for reproducible weights; `config_kwargs` go to `LlamaConfig` (e.g. special token ids)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        **config_kwargs,
+    )
+    return LlamaForCausalLM(config)
+
+
 def build_tiny_model(output_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, seed: int = 0):
     """Save a tiny random Llama (2 layers, hidden 32) with a real tokenizer and chat template; return its path.
 
@@ -71,25 +100,17 @@ def build_tiny_model(output_dir: str | os.PathLike, tokenizer_dir: str | os.Path
     model; only the weights are random.
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     output_dir = Path(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or prepare_smollm2())
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
+    torch.manual_seed(seed)
+    model = random_llama(
+        len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir

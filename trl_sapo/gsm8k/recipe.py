@@ -1,0 +1,160 @@
+"""The GSM8K recipe's command line: its options, the parser, argument checks, reward and dataset loading.
+
+`scripts/gsm8k_sapo.py` is the entry point (`main()`); what it needs beyond TRL lives here, importable and tested.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+
+from trl import ModelConfig, TrlParser
+
+from ..config import SAPOConfig
+from ..launch import parse_with_precision_defaults, precision_defaults
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+DEFAULT_OUTPUT_DIR = "outputs/gsm8k-sapo"
+
+
+@dataclass
+class GSM8KScriptArguments:
+    """Data and reward options of the GSM8K recipe (training options live in `SAPOConfig`, model ones in
+    `trl.ModelConfig`)."""
+
+    dataset_name: str = field(
+        default="openai/gsm8k",
+        metadata={
+            "help": "Hub dataset (e.g. 'openai/gsm8k'), a local .jsonl/.json file or a folder with <split>.jsonl "
+            "files (e.g. ../shared/data/gsm8k), or 'synthetic' for offline generated GSM8K-style problems, with "
+            "optional difficulty knobs: 'synthetic:num_steps=2-3,max_value=50'. Rows need `question` and `answer` "
+            "(ending in '#### <number>')."
+        },
+    )
+    dataset_config: str | None = field(
+        default="main", metadata={"help": "Hub dataset configuration name (GSM8K: 'main' or 'socratic')."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "Split to evaluate on (only used when eval_strategy != 'no')."}
+    )
+    num_train_examples: int | None = field(
+        default=None, metadata={"help": "Use a random subset of this many training problems (seeded by `seed`)."}
+    )
+    num_eval_examples: int | None = field(
+        default=None, metadata={"help": "Use a random subset of this many evaluation problems (seeded by `seed`)."}
+    )
+    skip_invalid_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop rows without a question or a '#### <number>' answer (their count is logged) instead of "
+            "failing on the first one."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "System message of every prompt. Default: trl_sapo.gsm8k.data.SYSTEM_PROMPT (reason step by step, "
+            "end with '#### <number>', the format the `format` reward checks). Pass '' for no system message."
+        },
+    )
+    num_few_shot: int = field(
+        default=0,
+        metadata={
+            "help": "Number (0-4) of hand-written worked examples (trl_sapo.gsm8k.data.FEW_SHOT_EXAMPLES) prepended to "
+            "each prompt as user/assistant turns."
+        },
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy", "format"],
+        metadata={
+            "help": "Reward functions: 'accuracy' (final answer equals the reference), 'format' (last line is "
+            "'#### <number>'), or dotted import paths 'my_pkg.my_module.my_reward' (TRL's reward signature). "
+            "Weight them with `reward_weights`."
+        },
+    )
+    merge_adapter_on_save: bool = field(
+        default=False,
+        metadata={
+            "help": "With use_peft: after training, also merge the LoRA adapter into the base weights and save the "
+            "full model (and tokenizer) to <output_dir>/merged."
+        },
+    )
+
+
+def make_parser() -> TrlParser:
+    """TrlParser over (GSM8KScriptArguments, SAPOConfig, ModelConfig) with this recipe's defaults."""
+    parser = TrlParser(
+        (GSM8KScriptArguments, SAPOConfig, ModelConfig),
+        description="Train a causal LM on GSM8K with SAPO. Launch commands: see the docstring of scripts/gsm8k_sapo.py.",
+    )
+    parser.set_defaults(model_name_or_path=DEFAULT_MODEL, output_dir=DEFAULT_OUTPUT_DIR)
+    parser.set_defaults(**precision_defaults())
+    return parser
+
+
+def parse_args(args: list[str] | None = None) -> tuple[GSM8KScriptArguments, SAPOConfig, ModelConfig]:
+    """Parse `--config recipe.yaml` and command-line flags (which win) into the three argument dataclasses."""
+    args = list(sys.argv[1:] if args is None else args)
+    return parse_with_precision_defaults(make_parser(), args)
+
+
+def check_args(script_args: GSM8KScriptArguments, training_args: SAPOConfig, model_args: ModelConfig) -> None:
+    """Reject combinations that would fail late (after model loading or training) or silently do nothing."""
+    if not model_args.model_name_or_path:
+        raise ValueError("`model_name_or_path` is required (a Hub id or a local model folder).")
+    if script_args.merge_adapter_on_save and not model_args.use_peft:
+        raise ValueError("`merge_adapter_on_save=True` needs `use_peft=True`: there is no adapter to merge.")
+    if not script_args.reward_funcs:
+        raise ValueError("`reward_funcs` is empty: give at least one, e.g. --reward_funcs accuracy format.")
+    for name in ("num_train_examples", "num_eval_examples"):
+        value = getattr(script_args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"`{name}` must be a positive number of examples, got {value}.")
+    if script_args.num_few_shot < 0:
+        raise ValueError(f"`num_few_shot` must be >= 0, got {script_args.num_few_shot}.")
+
+
+def load_reward_funcs(names: list[str]) -> list:
+    """Registry names (trl_sapo.gsm8k.rewards.REWARD_FUNCS) and dotted import paths, in order."""
+    from .rewards import REWARD_FUNCS, get_reward_funcs
+
+    funcs = []
+    for name in names:
+        if name in REWARD_FUNCS or "." not in name:
+            funcs.extend(get_reward_funcs([name]))  # clear error listing the valid names for unknown ones
+            continue
+        module_name, attr = name.rsplit(".", 1)
+        sys.path.insert(0, os.getcwd())  # a reward module in the working directory, as with `python -m`
+        try:
+            funcs.append(getattr(importlib.import_module(module_name), attr))
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"Could not import reward function {name!r}: {err}") from err
+        finally:
+            sys.path.pop(0)
+    return funcs
+
+
+def load_split(script_args: GSM8KScriptArguments, split: str, num_examples: int | None, seed: int):
+    """One split as TRL conversational prompts (`prompt`) with the reference `answer` column for the rewards."""
+    from .data import SYSTEM_PROMPT, load_gsm8k, to_prompts
+
+    dataset = load_gsm8k(
+        script_args.dataset_name,
+        split=split,
+        config_name=script_args.dataset_config,
+        num_examples=num_examples,
+        seed=seed,
+        skip_invalid=script_args.skip_invalid_rows,
+    )
+    system_prompt = SYSTEM_PROMPT if script_args.system_prompt is None else script_args.system_prompt
+    return to_prompts(dataset, system_prompt=system_prompt, num_few_shot=script_args.num_few_shot)
+
+
+def hub_dataset_name(dataset_name: str) -> str | None:
+    """The dataset id for the model card: Hub ids only (no local paths, no 'synthetic' generator)."""
+    if dataset_name.startswith("synthetic") or os.path.exists(dataset_name):
+        return None
+    return dataset_name
