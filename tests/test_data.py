@@ -255,3 +255,24 @@ def test_prompt_renders_with_chat_template(tiny_model_path):
     assert text.startswith("<|im_start|>system\n" + SYSTEM_PROMPT)
     assert text.count("<|im_start|>user") == 2 and text.count("<|im_start|>assistant") == 2
     assert text.endswith(row["question"] + "<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_alternate_phrasing_is_disjoint_from_the_standard_templates():
+    """`phrasing=alternate` (the demo's unseen-wording held-out set): valid GSM8K rows, exact answers, 1-2 steps, and
+    no sentence shared with the standard generator's problems."""
+    alternate = load_gsm8k("synthetic:num_steps=1-2,max_value=20,phrasing=alternate", split="test", num_examples=300)
+    standard = load_gsm8k("synthetic:num_steps=1-2,max_value=20", split="train", num_examples=300)
+    for answer in alternate["answer"]:
+        steps = re.findall(r"<<([^=]+)=(-?\d+)>>", answer)
+        assert 1 <= len(steps) <= 2
+        for expr, value in steps:  # every calculator annotation is exact integer arithmetic
+            assert eval(expr.replace("/", "//")) == int(value)  # noqa: S307 (generated arithmetic only)
+        assert int(reference_answer(answer)) == int(steps[-1][1]) > 0
+    skeleton = lambda q: {re.sub(r"\d+|\b[A-Z][a-z]+\b", "#", s) for s in q.split(". ")}  # noqa: E731
+    alternate_sentences = set().union(*map(skeleton, alternate["question"]))
+    standard_sentences = set().union(*map(skeleton, standard["question"]))
+    assert not alternate_sentences & standard_sentences
+    with pytest.raises(DataError, match="phrasing"):
+        load_gsm8k("synthetic:phrasing=poetic", split="test", num_examples=4)
+    with pytest.raises(DataError, match="1-2 steps"):
+        load_gsm8k("synthetic:num_steps=3,phrasing=alternate", split="test", num_examples=4)

@@ -176,9 +176,68 @@ def _rate_problem(rng: random.Random, steps: int, max_value: int) -> tuple[str, 
 # (generator, step counts it supports)
 _FAMILIES = [(_inventory_problem, None), (_shopping_problem, {1, 2, 3, 4}), (_rate_problem, {1, 2, 3, 4})]
 
+# `phrasing=alternate`: other story kinds in other sentence templates, none of which the standard families use, so
+# a model trained on standard problems can be tested on wordings it never saw. Per story: the first sentence, its
+# question, operation and solution line; then a follow-up sentence, its question, and the second step as a function
+# of (first result, c) -> (expression, value).
+_ALTERNATE = [
+    ("A bakery packs muffins in boxes of {a}. One morning it fills {b} boxes.", "How many muffins did it pack?",
+     "*", "The bakery packed {expr} muffins.",
+     "It also has {c} loose muffins that did not fit in a box.", "How many muffins did the bakery make that morning?",
+     lambda r, c: (f"{r} + {c}", r + c), "Adding the loose ones gives {expr} muffins."),
+    ("{name} is {a} years old, and {his} uncle is {b} years older.", "How old is the uncle?",
+     "+", "The uncle is {expr} years old.",
+     "{name}'s grandmother is twice as old as the uncle.", "How old is the grandmother?",
+     lambda r, c: (f"{r} * 2", r * 2), "The grandmother is {expr} years old."),
+    ("At 6 a.m. the temperature outside was {a} degrees; by noon it had gone up {b} degrees.",
+     "What was the temperature at noon?", "+", "At noon it was {expr} degrees.",
+     "By the evening it had fallen {c} degrees from the noon reading.", "What was the temperature in the evening?",
+     lambda r, c: (f"{r} - {c}", r - c), "In the evening it was {expr} degrees."),
+    ("A train moves at {a} kilometers per hour for {b} hours without stopping.", "How far does it travel?",
+     "*", "The train covers {expr} kilometers.",
+     "The whole route is {c} kilometers longer than that.", "How long is the whole route, in kilometers?",
+     lambda r, c: (f"{r} + {c}", r + c), "The route is {expr} kilometers long."),
+    ("There were {a} birds on a wire until {b} of them flew away.", "How many birds stayed on the wire?",
+     "-", "{expr} birds stayed on the wire.",
+     "Later, {c} new birds landed next to them.", "How many birds are on the wire now?",
+     lambda r, c: (f"{r} + {c}", r + c), "Now there are {expr} birds."),
+    ("A class of {a} children lines up in rows of {b}.", "How many rows are there?",
+     "/", "There are {expr} rows.",
+     "Each row is given {c} flags to wave.", "How many flags are handed out?",
+     lambda r, c: (f"{r} * {c}", r * c), "They hand out {expr} flags."),
+]  # fmt: skip
+
+
+def _alternate_problem(rng: random.Random, steps: int, max_value: int) -> tuple[str, str, int]:
+    name, _, his = rng.choice(_PEOPLE)
+    story, question, op, line, story2, question2, second, line2 = rng.choice(_ALTERNATE)
+    b = rng.randint(2, max(2, max_value // 2))
+    if op == "/":
+        b = min(b, 6)
+        a = b * rng.randint(2, max(2, max_value // 2))
+    else:
+        a = rng.randint(b + 1 if op == "-" else 2, max(max_value, b + 1))
+    result = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+    first = story.format(a=a, b=b, name=name, his=his)
+    solution = line.format(expr=_step(f"{a} {op} {b}", result))
+    if steps == 1:
+        return f"{first} {question}", solution, result
+    c = rng.randint(1, max(1, min(result - 1, max_value // 2)))  # keeps subtractions positive
+    expr, value = second(result, c)
+    text = f"{first} {story2.format(c=c, name=name)} {question2}"
+    return text, f"{solution}\n{line2.format(expr=_step(expr, value))}", value
+
+
+PHRASINGS = {"standard": _FAMILIES, "alternate": [(_alternate_problem, {1, 2})]}
+
 
 def generate_problems(
-    num_examples: int, seed: int = 0, *, num_steps: int | tuple[int, int] = (2, 4), max_value: int = 100
+    num_examples: int,
+    seed: int = 0,
+    *,
+    num_steps: int | tuple[int, int] = (2, 4),
+    max_value: int = 100,
+    phrasing: str = "standard",
 ) -> Dataset:
     """Seeded GSM8K-style word problems with exact integer answers; columns ``question`` and ``answer``.
 
@@ -187,7 +246,11 @@ def generate_problems(
         seed: same seed -> same problems.
         num_steps: arithmetic operations per problem, an int or an inclusive ``(min, max)`` range (difficulty knob).
         max_value: scale of the starting quantities and operands (difficulty knob; answers stay below ~100x this).
+        phrasing: ``"standard"`` (inventory, shopping and rate stories) or ``"alternate"`` (other story kinds and
+            sentence templates, 1-2 steps; for testing a model trained on standard problems on unseen wordings).
     """
+    if phrasing not in PHRASINGS:
+        raise DataError(f"phrasing must be one of {sorted(PHRASINGS)}, got {phrasing!r}")
     if num_examples < 0:
         raise DataError(f"num_examples must be >= 0, got {num_examples}")
     lo, hi = (num_steps, num_steps) if isinstance(num_steps, int) else tuple(num_steps)
@@ -199,7 +262,10 @@ def generate_problems(
     questions, answers = [], []
     for _ in range(num_examples):
         steps = rng.randint(lo, hi)
-        family = rng.choice([f for f, supported in _FAMILIES if supported is None or steps in supported])
+        families = [f for f, supported in PHRASINGS[phrasing] if supported is None or steps in supported]
+        if not families:
+            raise DataError(f"phrasing {phrasing!r} supports 1-2 steps, got num_steps={num_steps}")
+        family = rng.choice(families)
         question, solution, result = family(rng, steps, max_value)
         questions.append(question)
         answers.append(f"{solution}\n#### {result}")
@@ -207,7 +273,7 @@ def generate_problems(
 
 
 def _parse_synthetic_source(source: str) -> dict[str, Any]:
-    """``"synthetic"`` or ``"synthetic:num_steps=2,max_value=50"`` (``num_steps=2-4`` is a range)."""
+    """``"synthetic"`` or ``"synthetic:num_steps=2,max_value=50,phrasing=alternate"`` (``num_steps=2-4``: a range)."""
     options: dict[str, Any] = {}
     _, _, spec = source.partition(":")
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -220,8 +286,10 @@ def _parse_synthetic_source(source: str) -> dict[str, Any]:
                 options[key] = (int(lo), int(hi)) if hi else int(lo)
             elif key == "max_value":
                 options[key] = int(value)
+            elif key == "phrasing":
+                options[key] = value
             else:
-                raise ValueError("valid keys are num_steps and max_value")
+                raise ValueError("valid keys are num_steps, max_value and phrasing")
         except ValueError as e:
             raise DataError(
                 f"bad synthetic dataset option {item!r} in {source!r} ({e}); "
