@@ -110,7 +110,9 @@ class SlurmCluster:
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            f"AuthInfo=socket={self.munge_socket}",
+            # cred_expire: a requeued job may start again after cred_expire + 1 s (default 120 s); 10 s keeps the
+            # requeue test short.
+            f"AuthInfo=socket={self.munge_socket},cred_expire=10",
             f"StateSaveLocation={r}/state",
             f"SlurmdSpoolDir={r}/spool/%n",
             f"SlurmctldPidFile={r}/run/slurmctld.pid",
@@ -270,9 +272,20 @@ TOTAL_BATCH_RE = re.compile(r"Total train batch size \(w\. parallel, distributed
 
 # A reward with spread inside every group, so advantages (and the gradients DDP all-reduces) are non-zero even for a
 # random model; scripts/gsm8k_sapo.py imports it as a dotted path found on PYTHONPATH.
+# SAPO_TEST_REWARD_MARKER (optional): each call appends a line to that file and then sleeps SAPO_TEST_REWARD_SLEEP s,
+# so a test can tell which step the ranks are in and signal the job mid-training; neither changes the numbers.
 REWARD_MODULE = '''
+import os
+import time
+
+
 def length_reward(completions, **kwargs):
     """Completion length in characters / 10 (TRL reward signature)."""
+    marker = os.environ.get("SAPO_TEST_REWARD_MARKER")
+    if marker:
+        with open(marker, "a") as f:
+            f.write(f"rank {os.environ.get('RANK', '0')}\\n")
+        time.sleep(float(os.environ.get("SAPO_TEST_REWARD_SLEEP", "0")))
     return [len(c[-1]["content"] if isinstance(c, list) else c) / 10.0 for c in completions]
 '''
 

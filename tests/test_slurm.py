@@ -146,7 +146,7 @@ class Health(http.server.BaseHTTPRequestHandler):
         self.send_response(200 if self.path == "/health/" else 404)
         self.end_headers()
 signal.signal(signal.SIGTERM, lambda *a: (print("FAKE_VLLM stopped", flush=True), os._exit(0)))
-http.server.HTTPServer(("0.0.0.0", port), Health).serve_forever()
+http.server.HTTPServer((sys.argv[sys.argv.index("--host") + 1], port), Health).serve_forever()
 """
 FAKE_SCRIPT = """import json, os, sys
 print("FAKE_TRAIN", json.dumps(sys.argv[1:]), os.environ["WORLD_SIZE"], os.environ.get("SLURMD_NODENAME"))
@@ -173,7 +173,8 @@ def test_vllm_server_on_last_node_and_trainers_pointed_at_it(slurm_cluster, tmp_
     assert sorted(p.name for p in job_logs.iterdir()) == ["node0.log", "vllm.log"]  # 1 training node + server
     vllm_log = (job_logs / "vllm.log").read_text()
     served = json.loads(re.search(r"FAKE_VLLM (\[.*\]) n2\n", vllm_log).group(1))
-    assert served == ["vllm-serve", "--model", "my-org/my-model", "--host", "0.0.0.0", "--port", str(vllm_port),
+    # Bound to the server node's NodeAddr (what the trainers connect to), not to every interface.
+    assert served == ["vllm-serve", "--model", "my-org/my-model", "--host", "127.0.0.1", "--port", str(vllm_port),
                       "--data_parallel_size", "1"]  # fmt: skip
     # The launcher stops the server step after training (SIGTERM to its srun: SLURM cancels the step).
     assert "FAKE_VLLM stopped" in vllm_log or f"STEP {job_id}.0 ON n2 CANCELLED" in vllm_log, vllm_log
@@ -213,3 +214,89 @@ def test_launcher_rejects_unusable_settings(slurm_cluster, tmp_path, nodes, conf
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), info
     assert message in (tmp_path / f"slurm-{job_id}.out").read_text()
     assert not (tmp_path / "logs" / job_id).exists()  # nothing was launched
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def max_weight_diff(dir_a: Path, dir_b: Path) -> float:
+    from safetensors.torch import load_file
+
+    a, b = load_file(dir_a / "model.safetensors"), load_file(dir_b / "model.safetensors")
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+REQUEUE_STEPS = 4
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(4 * JOB_TIMEOUT)
+def test_sigterm_requeues_the_job_which_resumes_bit_exact(slurm_cluster, tmp_path, tiny_model_path):
+    """SIGTERM to the batch script mid-training (what `--signal=B:TERM@180` sends before the time limit, and what a
+    pre-emption or `scontrol requeue` sends) → the trainers checkpoint and stop, the launcher requeues the job, SLURM
+    restarts it (same job id), the unchanged command resumes from that checkpoint by itself and finishes at the
+    planned step, with the same weights, bit for bit, as the same command run without interruption."""
+    # save_steps 100: the only checkpoint before the end can be the one SIGTERM makes.
+    flags = ("--max_steps", str(REQUEUE_STEPS), "--save_steps", "100")
+    roots = {name: tmp_path / name for name in ("uninterrupted", "requeued")}
+    envs = {}
+    for name, root in roots.items():
+        root.mkdir()
+        recipe, env = write_tiny_run(root, tiny_model_path)
+        envs[name] = env | {"LOG_DIR": str(root / "logs"), "GPUS_PER_NODE": "0"}
+    assert (roots["uninterrupted"] / "recipe.yaml").read_text().replace("uninterrupted", "requeued") == (
+        roots["requeued"] / "recipe.yaml"
+    ).read_text()  # the same run but for output_dir
+
+    ref_job, _, ref_wall = submit(slurm_cluster, roots["uninterrupted"], roots["uninterrupted"] / "recipe.yaml",
+                                  envs["uninterrupted"], *flags)  # fmt: skip
+    print(f"uninterrupted job {ref_job}: {ref_wall:.1f}s")
+
+    root = roots["requeued"]
+    marker = root / "reward_calls"  # one line per reward call per rank: 2 lines per step
+    env = envs["requeued"] | {"SAPO_TEST_REWARD_MARKER": str(marker), "SAPO_TEST_REWARD_SLEEP": "1"}
+    start = time.monotonic()
+    job_id = slurm_cluster.sbatch(
+        ["--nodes=2", f"--output={root}/slurm-%j.out", str(LAUNCHER), ACCEL_CONFIG, str(root / "recipe.yaml"),
+         *flags], env=env, cwd=REPO_ROOT)  # fmt: skip
+    # Both ranks are inside step 2 (its rewards): signal like the time-limit warning, to the batch script only.
+    wait_for(lambda: marker.exists() and len(marker.read_text().splitlines()) >= 4, JOB_TIMEOUT, "step 2")
+    slurm_cluster.run(["scancel", "--batch", "--signal=TERM", job_id])
+    signalled = time.monotonic() - start
+    info = slurm_cluster.wait(job_id, timeout=2 * JOB_TIMEOUT)
+    wall = time.monotonic() - start
+    report = job_report(root, job_id)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), (info, report)
+
+    batch_out = (root / f"slurm-{job_id}.out").read_text()
+    assert "requeueing job" in batch_out and "restart 1 of job" in batch_out, batch_out
+    logs = node_logs(root, job_id)
+    assert_world_size_two(logs)
+    resumed_at = set()
+    for log in logs.values():
+        first, second = log.split("restart=1", 1)  # both runs append to the same per-node log
+        assert "restart=0" in first and "Resuming training" not in first, first[-3000:]
+        resumed_at |= {int(s) for s in re.findall(r"Resuming training from checkpoint with epoch \d+ and global step (\d+)\n", second)}  # fmt: skip
+    (step,) = resumed_at  # both ranks resumed from the same step, saved on SIGTERM mid-run
+    assert 2 <= step < REQUEUE_STEPS, step
+    out, ref_out = root / "out", roots["uninterrupted"] / "out"
+    assert (out / f"checkpoint-{step}" / "trainer_state.json").exists()
+
+    state = json.loads((out / "trainer_state.json").read_text())
+    ref_state = json.loads((ref_out / "trainer_state.json").read_text())
+    assert state["global_step"] == ref_state["global_step"] == REQUEUE_STEPS
+    losses = {e["step"]: e["loss"] for e in finite_metrics(state)}
+    ref_losses = {e["step"]: e["loss"] for e in finite_metrics(ref_state)}
+    assert list(losses) == list(range(1, REQUEUE_STEPS + 1))
+    assert losses == ref_losses  # exact, including the steps trained after the restart
+    diff = max_weight_diff(out, ref_out)
+    print(f"requeued job {job_id}: signalled at {signalled:.1f}s, stopped after step {step}, restarted, finished "
+          f"step {REQUEUE_STEPS} in {wall:.1f}s (uninterrupted: {ref_wall:.1f}s); max |w - w_ref| = {diff}")  # fmt: skip
+    assert diff == 0.0

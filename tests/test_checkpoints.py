@@ -1,0 +1,132 @@
+"""`resume_from_checkpoint` = true / false / auto (default) / a path, from the CLI and from YAML
+(trl_sapo/checkpoints.py); the end-to-end auto-resume through scripts/gsm8k_sapo.py is in test_slurm.py's requeue
+test and test_script.py."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+from trl import TrlParser
+
+from trl_sapo import SAPOConfig
+from trl_sapo.checkpoints import (
+    CheckpointError,
+    latest_checkpoint,
+    parse_resume_option,
+    resolve_resume_from_checkpoint,
+)
+
+
+def make_checkpoint(output_dir, step, complete=True):
+    path = output_dir / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if complete:
+        (path / "trainer_state.json").write_text("{}")
+    return path
+
+
+def args(output_dir, resume=None):
+    return SimpleNamespace(output_dir=str(output_dir), resume_from_checkpoint=resume)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("auto", None), ("", None), (True, True), ("true", True), ("True", True), ("yes", True),
+     (False, False), ("false", False), ("FALSE", False), ("no", False), ("out/checkpoint-3", "out/checkpoint-3")],
+)  # fmt: skip
+def test_parse_resume_option(value, expected):
+    assert (
+        parse_resume_option(value) is expected
+        if isinstance(expected, bool)
+        else parse_resume_option(value) == expected
+    )
+
+
+def test_parse_resume_option_rejects_other_types():
+    with pytest.raises(CheckpointError, match="must be true, false, auto or a checkpoint path, got 3"):
+        parse_resume_option(3)
+
+
+def test_true_picks_the_highest_step_not_the_last_name(tmp_path):
+    for step in (2, 10, 9):  # "checkpoint-9" sorts after "checkpoint-10" as a string
+        make_checkpoint(tmp_path, step)
+    (tmp_path / "checkpoint-99").write_text("a file, not a checkpoint folder")
+    (tmp_path / "checkpoint-best").mkdir()
+    assert resolve_resume_from_checkpoint(args(tmp_path, "true")) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume_from_checkpoint(args(tmp_path, True)) == str(tmp_path / "checkpoint-10")
+
+
+def test_true_without_checkpoint_names_output_dir(tmp_path):
+    with pytest.raises(CheckpointError, match=rf"output_dir '{tmp_path}' holds no finished `checkpoint-N`"):
+        resolve_resume_from_checkpoint(args(tmp_path, "true"))
+    with pytest.raises(CheckpointError, match="holds no finished"):  # output_dir not created yet
+        resolve_resume_from_checkpoint(args(tmp_path / "missing", True))
+
+
+def test_incomplete_latest_checkpoint_is_skipped(tmp_path, caplog):
+    make_checkpoint(tmp_path, 3)
+    make_checkpoint(tmp_path, 4, complete=False)  # SIGKILL during the save: no trainer_state.json
+    with caplog.at_level(logging.WARNING, logger="trl_sapo.checkpoints"):
+        assert resolve_resume_from_checkpoint(args(tmp_path, "true")) == str(tmp_path / "checkpoint-3")
+        assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+    assert f"Skipping {tmp_path / 'checkpoint-4'}: no trainer_state.json" in caplog.text
+
+
+def test_auto_resumes_from_latest_and_logs_it(tmp_path, caplog):
+    assert resolve_resume_from_checkpoint(args(tmp_path)) is None  # empty: fresh start
+    assert resolve_resume_from_checkpoint(args(tmp_path / "not-yet-created", "auto")) is None
+    make_checkpoint(tmp_path, 1)
+    make_checkpoint(tmp_path, 2)
+    with caplog.at_level(logging.WARNING, logger="trl_sapo.checkpoints"):
+        assert resolve_resume_from_checkpoint(args(tmp_path)) == str(tmp_path / "checkpoint-2")
+        assert resolve_resume_from_checkpoint(args(tmp_path, "auto")) == str(tmp_path / "checkpoint-2")
+    assert caplog.messages[-1].startswith(f"Resuming from {tmp_path / 'checkpoint-2'}, the latest checkpoint in")
+
+
+def test_auto_with_only_unfinished_saves_refuses(tmp_path):
+    make_checkpoint(tmp_path, 1, complete=False)
+    with pytest.raises(CheckpointError, match="holds only unfinished checkpoints"):
+        resolve_resume_from_checkpoint(args(tmp_path))
+
+
+def test_false_starts_fresh_but_never_mixes_runs(tmp_path):
+    assert resolve_resume_from_checkpoint(args(tmp_path, "false")) is None
+    assert resolve_resume_from_checkpoint(args(tmp_path, False)) is None
+    (tmp_path / "trainer_state.json").write_text("{}")  # a finished run's final files alone do not block
+    assert resolve_resume_from_checkpoint(args(tmp_path, "false")) is None
+    make_checkpoint(tmp_path, 5)
+    with pytest.raises(CheckpointError, match=r"already holds 1 checkpoint\(s\) of an earlier run \(checkpoint-5\)"):
+        resolve_resume_from_checkpoint(args(tmp_path, "false"))
+
+
+def test_path(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "old-run", 7)
+    # A path wins over the checkpoints in output_dir.
+    make_checkpoint(tmp_path / "out", 9)
+    assert resolve_resume_from_checkpoint(args(tmp_path / "out", str(ckpt))) == str(ckpt)
+    with pytest.raises(CheckpointError, match="no such folder"):
+        resolve_resume_from_checkpoint(args(tmp_path / "out", str(tmp_path / "nope")))
+    with pytest.raises(CheckpointError, match="is not a finished checkpoint"):
+        resolve_resume_from_checkpoint(args(tmp_path / "out", str(tmp_path / "old-run")))
+
+
+def test_override_argument(tmp_path):
+    make_checkpoint(tmp_path, 1)
+    assert resolve_resume_from_checkpoint(args(tmp_path, "false"), "true") == str(tmp_path / "checkpoint-1")
+
+
+@pytest.mark.parametrize("source", ["cli", "yaml"])
+def test_sapo_config_values_from_cli_and_yaml(tmp_path, source):
+    """The CLI gives the string 'true', YAML the boolean True: both resume from the latest checkpoint."""
+    make_checkpoint(tmp_path / "out", 3)
+    flags = ["--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false", "--report_to", "none"]
+    if source == "yaml":
+        (tmp_path / "r.yaml").write_text("resume_from_checkpoint: true\n")
+        flags += ["--config", str(tmp_path / "r.yaml")]
+    else:
+        flags += ["--resume_from_checkpoint", "true"]
+    (config,) = TrlParser((SAPOConfig,)).parse_args_and_config(flags)
+    assert config.resume_from_checkpoint in ("true", True)
+    assert resolve_resume_from_checkpoint(config) == str(tmp_path / "out" / "checkpoint-3")
