@@ -132,10 +132,20 @@ def test_missing_columns_empty_and_unreadable(tmp_path):
         load_gsm8k(Dataset.from_list([GOOD]), num_examples=0)
 
 
-def test_unknown_source_is_a_clear_error(tmp_path):
+def test_unknown_source_is_a_clear_error(tmp_path, monkeypatch):
     # Not a local path -> tried on the Hub, which is offline in tests: the error says both.
     with pytest.raises(DataError, match=r"'no/such-dataset-xyz' is not a local path, and loading it from the Hugging"):
         load_gsm8k("no/such-dataset-xyz")
+
+    # The default dataset without Hub access (also where a cached copy exists): the message names the two offline
+    # choices.
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr("trl_sapo.gsm8k.data.load_dataset", offline)
+    with pytest.raises(DataError) as err:
+        load_gsm8k("openai/gsm8k", split="train")
+    assert "--dataset_name ../shared/data/gsm8k" in str(err.value) and "--dataset_name synthetic" in str(err.value)
 
 
 # --------------------------------------------------------------------------------------------------------------------

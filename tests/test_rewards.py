@@ -92,6 +92,19 @@ ACCURACY_CASES = [
     ([{"role": "assistant", "content": "#### 41"}], "#### 42", 0.0),
     ([{"role": "assistant", "content": [{"type": "text", "text": "#### 42"}]}], "#### 42", 1.0),
     ("#### 42", "42", 1.0),  # a bare-number reference works too
+    # LaTeX thousands separators inside \boxed{} (and other answer spans)
+    ("\\boxed{1{,}000}", "#### 1000", 1.0),
+    ("\\boxed{1\\,000}", "#### 1000", 1.0),
+    ("\\boxed{1\\ 000}", "#### 1000", 1.0),
+    ("\\boxed{1~000}", "#### 1000", 1.0),
+    ("\\boxed{1\\!000}", "#### 1000", 1.0),
+    ("\\boxed{1\\thinspace 000}", "#### 1000", 1.0),
+    ("\\boxed{\\$1{,}234{,}567.5}", "#### 1234567.5", 1.0),
+    ("\\boxed{-12\\,345}", "#### -12345", 1.0),
+    ("The answer is $1{,}000$.", "#### 1000", 1.0),
+    ("#### 2{,}500", "#### 2500", 1.0),
+    ("\\boxed{1{,}000}", "#### 1", 0.0),  # read as 1000, not as 1
+    ("\\boxed{1\\,00}", "#### 100", 0.0),  # not a group of three: no separator, read as 1
 ]
 
 

@@ -25,6 +25,9 @@ _LIST_MARKER_RE = re.compile(r"^[ \t]*\d+[.)](?=\s)", re.MULTILINE)  # "2. Then 
 _PLAIN_NUMBER_RE = re.compile(rf"\s*\$?\s*({_NUM})\s*(?:%|\.)?\s*")
 # format_reward: the last non-empty line must be exactly "#### <number>" (sign, thousands commas, decimals allowed).
 _FORMAT_RE = re.compile(r"####[ \t]+-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?[ \t]*")
+# LaTeX digit grouping: "1{,}000" (comma without math spacing), "1\,000" / "1\ 000" / "1~000" / "1\!000" (thin,
+# normal, non-breaking, negative space) between a digit and a group of exactly three digits.
+_LATEX_GROUP_SEP_RE = re.compile(r"(?<=\d)(?:\{,\}|\\[,;: !]|~|\\thinspace\s*)(?=\d{3}(?!\d))")
 
 
 def normalize_number(token: str) -> str | None:
@@ -77,11 +80,18 @@ def _boxed_contents(text: str) -> str | None:
     return None
 
 
+def strip_latex_digit_grouping(span: str) -> str:
+    """``1{,}000`` -> ``1,000``; ``1\\,000``, ``1\\ 000``, ``1~000``, ``1\\!000`` -> ``1000`` (LaTeX thousands
+    separators, as in ``\\boxed{1{,}000}``); anything else is left as it is."""
+    return _LATEX_GROUP_SEP_RE.sub(lambda m: "," if m.group(0) == "{,}" else "", span)
+
+
 def answer_span(text: str) -> str | None:
     """The part of a solution holding its final answer, by priority.
 
     1. the last ``#### ...`` line, 2. the last ``\\boxed{...}``, 3. the last "the answer is ..." line,
-    4. the last number anywhere. Returns None when the text contains no number at all.
+    4. the last number anywhere. Returns None when the text contains no number at all. LaTeX thousands separators
+    in spans 1-3 are normalized (:func:`strip_latex_digit_grouping`).
     """
     for span in (
         *(m.group(1) for m in list(_HASH_RE.finditer(text))[-1:]),
@@ -89,7 +99,7 @@ def answer_span(text: str) -> str | None:
         *(m.group(1) for m in list(_ANSWER_IS_RE.finditer(text))[-1:]),
     ):
         if span is not None and _NUM_RE.search(span):
-            return span.strip()
+            return strip_latex_digit_grouping(span.strip())
     numbers = _NUM_RE.findall(_LIST_MARKER_RE.sub(" ", text))
     return numbers[-1] if numbers else None
 
