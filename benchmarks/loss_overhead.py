@@ -42,9 +42,9 @@ import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_DISABLED", "true")
+from trl_sapo.tools.offline import use_offline_mode
+
+use_offline_mode()  # before transformers/datasets are imported
 
 import proto_gate  # noqa: E402  benchmarks/proto_gate.py: this script's folder is sys.path[0]
 import torch  # noqa: E402
@@ -114,20 +114,16 @@ def build_trainers(model, device: str, output_dir: str) -> dict:
             "sapo": SAPOTrainer(
                 model, reward, args=SAPOConfig(**common), train_dataset=dummy, processing_class=tokenizer
             ),
-            "trl_sapo": GRPOTrainer(
-                model,
-                reward,
-                args=GRPOConfig(loss_type="sapo", **common),
-                train_dataset=dummy,
-                processing_class=tokenizer,
-            ),
-            "trl_grpo": GRPOTrainer(
-                model,
-                reward,
-                args=GRPOConfig(loss_type="grpo", **common),
-                train_dataset=dummy,
-                processing_class=tokenizer,
-            ),
+            **{
+                f"trl_{loss_type}": GRPOTrainer(
+                    model,
+                    reward,
+                    args=GRPOConfig(loss_type=loss_type, **common),
+                    train_dataset=dummy,
+                    processing_class=tokenizer,
+                )
+                for loss_type in ("sapo", "grpo")
+            },
         }
     for trainer in trainers.values():
         trainer.current_gradient_accumulation_steps = 1  # set by Trainer's training loop otherwise

@@ -20,6 +20,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 HELPER = Path(__file__).resolve()
 
 PROMPTS = [f"Count to {n}:" for n in range(1, 33)]
+# Checkpoint-3 of this run is inside a rollout: a generation serves 4 micro-steps x 2 iterations = 8 micro-steps
+# = 4 optimizer steps (GA 2). Used by the exact-resume tests.
+MID_ROLLOUT = dict(
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=2,
+    steps_per_generation=4,
+    num_iterations=2,
+    max_steps=4,
+    save_strategy="steps",
+    save_steps=3,
+)
 
 
 def length_reward(completions, **kwargs) -> list[float]:
@@ -93,16 +104,10 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 
 def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        WANDB_DISABLED="true",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
+    from trl_sapo.tools.offline import OFFLINE_ENV
+
+    env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_DISABLED", "true")
+from trl_sapo.tools.offline import use_offline_mode
+
+use_offline_mode()  # before any test module imports transformers/datasets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GSM8K_DIR = REPO_ROOT.parent / "shared" / "data" / "gsm8k"

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from test_script import REWARD_MODULE, assert_training_logged, logged, tiny_run_args
 
+from trl_sapo.tools.offline import OFFLINE_ENV
+
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,14 +71,7 @@ def launch(tmp_path: Path, config: str, model_path: Path, timeout: int = 420) ->
     args = tiny_run_args(
         model_path, tmp_path / "out", reward_funcs=["accuracy", "format", "tiny_rewards.length_reward"]
     )
-    env = {
-        **os.environ,
-        "RECORD_DIR": str(tmp_path / "records"),
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_DISABLED": "true",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = {**os.environ, **OFFLINE_ENV, "RECORD_DIR": str(tmp_path / "records"), "OMP_NUM_THREADS": "1"}
     command = [
         str(ACCELERATE),
         "launch",

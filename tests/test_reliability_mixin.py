@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _reliability_helpers import inject_nonfinite, max_abs_diff, tiny_trainer, train_losses, trainable_state
+from _reliability_helpers import (
+    MID_ROLLOUT,
+    inject_nonfinite,
+    max_abs_diff,
+    tiny_trainer,
+    train_losses,
+    trainable_state,
+)
 from trl import GRPOConfig, GRPOTrainer
 
 from trl_sapo import ReliabilityMixin, ReliableGRPOConfig, ReliableGRPOTrainer, SAPOConfigError
 from trl_sapo.reliability import NonFiniteWatchdog, PreemptionCallback
-
-# Mid-rollout checkpoint as in test_resume.py: 4 micro-steps x 2 iterations per generation, GA 2, checkpoint-3.
-MID_ROLLOUT = dict(
-    per_device_train_batch_size=2,
-    gradient_accumulation_steps=2,
-    steps_per_generation=4,
-    num_iterations=2,
-    max_steps=4,
-    save_strategy="steps",
-    save_steps=3,
-)
 
 
 def _adam_steps(trainer) -> float:

@@ -8,20 +8,11 @@ updated policy and diverges (measured: final weights off by ~1e-2 on this tiny s
 from __future__ import annotations
 
 import torch
-from _reliability_helpers import max_abs_diff, tiny_trainer, train_losses, trainable_state
+from _reliability_helpers import MID_ROLLOUT, max_abs_diff, tiny_trainer, train_losses, trainable_state
 
 from trl_sapo import reliability
 
-# Mid-rollout: a generation serves 4 micro-steps × 2 iterations = 8 micro-steps = 4 optimizer steps (GA 2).
-FULL = dict(
-    per_device_train_batch_size=2,
-    gradient_accumulation_steps=2,
-    steps_per_generation=4,
-    num_iterations=2,
-    max_steps=4,
-    save_strategy="steps",
-    save_steps=3,
-)
+FULL = MID_ROLLOUT  # mid-rollout: a generation serves 4 micro-steps × 2 iterations = 4 optimizer steps (GA 2)
 LORA = dict(num_iterations=2, steps_per_generation=2, max_steps=4, save_strategy="steps", save_steps=2)
 
 

@@ -15,6 +15,7 @@ import yaml
 
 from trl_sapo import launch
 from trl_sapo.gsm8k import recipe as gsm8k_recipe
+from trl_sapo.tools.offline import OFFLINE_ENV
 from trl_sapo.tools.testing import CPU_TRAINING_KWARGS, as_cli_flags
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +89,7 @@ def assert_training_logged(output_dir: Path, steps: int = 2) -> dict:
 
 
 def run_script(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_DISABLED": "true", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, **OFFLINE_ENV}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -64,33 +64,24 @@ def _replace_dir(src: Path, dst: Path) -> None:
     src.rename(dst)
 
 
-def random_llama(
-    vocab_size: int,
-    *,
-    hidden_size: int = 32,
-    intermediate_size: int = 64,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    max_position_embeddings: int = 2048,
-    **config_kwargs,
-):
-    """A randomly initialised LlamaForCausalLM with tied embeddings (tiny by default: 2 layers, hidden 32). Seed
-    torch first for reproducible weights; `config_kwargs` go to `LlamaConfig` (e.g. special token ids)."""
+TINY_LLAMA = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+"""`random_llama`'s default shape: 2 layers, hidden 32, tied embeddings."""
+
+
+def random_llama(vocab_size: int, **config_kwargs):
+    """A randomly initialised LlamaForCausalLM: `LlamaConfig(**TINY_LLAMA, vocab_size=..., **config_kwargs)`. Seed
+    torch first for reproducible weights; `config_kwargs` override the shape or add fields (special token ids)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
-        **config_kwargs,
-    )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, "vocab_size": vocab_size, **config_kwargs}))
 
 
 def build_tiny_model(output_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, seed: int = 0):
