@@ -77,6 +77,9 @@ def main(
     merge the adapter and push to the Hub. Returns the trainer (its process group is already closed)."""
     check_args(script_args, training_args, model_args)
     check_world_size(training_args.world_size)
+    # true / false / auto (default: the latest checkpoint in output_dir, if any) / a path; trl_sapo/checkpoints.py.
+    # Resolved before any loading, so an impossible choice fails at once.
+    resume_from = resolve_resume_from_checkpoint(training_args)
     reward_funcs = load_reward_funcs(script_args.reward_funcs)
 
     model_init_kwargs = {
@@ -116,8 +119,7 @@ def main(
         f"{script_args.dataset_name} ({trainer.accelerator.num_processes} process(es))."
     )
 
-    # true / false / auto (default: latest checkpoint in output_dir, if any) / a path: trl_sapo/checkpoints.py
-    train_result = trainer.train(resume_from_checkpoint=resolve_resume_from_checkpoint(training_args))
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()

@@ -130,3 +130,40 @@ def test_sapo_config_values_from_cli_and_yaml(tmp_path, source):
     (config,) = TrlParser((SAPOConfig,)).parse_args_and_config(flags)
     assert config.resume_from_checkpoint in ("true", True)
     assert resolve_resume_from_checkpoint(config) == str(tmp_path / "out" / "checkpoint-3")
+
+
+# ---- through scripts/gsm8k_sapo.py ---------------------------------------------------------------------------------
+
+
+def test_script_resume_true_false_and_auto(tiny_model_path, tmp_path, monkeypatch, caplog):
+    """The issue's command, `--resume_from_checkpoint true`, continues the run in output_dir (it used to fail with
+    "Can't find a valid checkpoint at true"); `false` refuses to mix runs before loading anything; without the flag
+    the script resumes by itself."""
+    from test_script import load_script, tiny_run_args, write_reward_module
+
+    from trl_sapo.gsm8k.recipe import parse_args
+
+    script = load_script()
+    monkeypatch.chdir(tmp_path)  # the reward module is imported from the working directory
+    out = tmp_path / "out"
+    flags = {"reward_funcs": [write_reward_module(tmp_path)], "save_strategy": "steps", "save_steps": 1}
+
+    def run(*extra, **overrides):
+        return script.main(*parse_args(tiny_run_args(tiny_model_path, out, **{**flags, **overrides}) + list(extra)))
+
+    with pytest.raises(CheckpointError, match=f"output_dir '{out}' holds no finished"):
+        run("--resume_from_checkpoint", "true", max_steps=1)
+    assert run(max_steps=1).state.global_step == 1  # nothing in output_dir: a fresh start
+    assert (out / "checkpoint-1" / "trainer_state.json").exists()
+
+    with pytest.raises(CheckpointError, match=r"already holds 1 checkpoint\(s\) of an earlier run \(checkpoint-1\)"):
+        run("--resume_from_checkpoint", "false", max_steps=1, model_name_or_path="not/loaded")
+
+    trainer = run("--resume_from_checkpoint", "true", max_steps=2)
+    assert trainer.state.global_step == 2
+    assert [e["step"] for e in trainer.state.log_history if "loss" in e] == [1, 2]  # step 1 from the checkpoint
+
+    with caplog.at_level(logging.WARNING, logger="trl_sapo.checkpoints"):
+        trainer = run(max_steps=3)  # no flag: the same command continues from checkpoint-2
+    assert f"Resuming from {out / 'checkpoint-2'}" in caplog.text
+    assert [e["step"] for e in trainer.state.log_history if "loss" in e] == [1, 2, 3]
