@@ -167,3 +167,11 @@ def test_script_resume_true_false_and_auto(tiny_model_path, tmp_path, monkeypatc
         trainer = run(max_steps=3)  # no flag: the same command continues from checkpoint-2
     assert f"Resuming from {out / 'checkpoint-2'}" in caplog.text
     assert [e["step"] for e in trainer.state.log_history if "loss" in e] == [1, 2, 3]
+
+
+def test_script_help_documents_the_values():
+    from trl_sapo.gsm8k.recipe import make_parser
+
+    help_text = " ".join(make_parser().format_help().split())
+    assert "--resume_from_checkpoint {true,false,auto,PATH}" in help_text
+    assert "auto (default): the latest checkpoint in output_dir if there is one, else a fresh start" in help_text

@@ -44,6 +44,22 @@ FALSE_VALUES = ("false", "no", "0")
 AUTO_VALUES = ("auto", "")
 
 
+RESUME_HELP = (
+    "true: resume from the latest checkpoint in output_dir (error if there is none); false: start fresh (refused "
+    "when output_dir already holds checkpoint-* folders, so two runs never mix); auto (default): the latest checkpoint "
+    "in output_dir if there is one, else a fresh start; or the path of a checkpoint-N folder."
+)
+
+
+def document_resume_option(parser) -> None:
+    """Replace transformers' help text of `--resume_from_checkpoint` ("path to a folder ...") in an argparse/TrlParser
+    parser with the values `resolve_resume_from_checkpoint` accepts."""
+    for action in parser._actions:
+        if action.dest == "resume_from_checkpoint":
+            action.help = RESUME_HELP
+            action.metavar = "{true,false,auto,PATH}"
+
+
 class CheckpointError(ValueError):
     """`resume_from_checkpoint` cannot be honoured (no checkpoint, not a checkpoint, or would mix two runs)."""
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, TrlParser
 
+from ..checkpoints import document_resume_option
 from ..config import SAPOConfig
 from ..launch import parse_with_precision_defaults, precision_defaults
 
@@ -92,6 +93,7 @@ def make_parser() -> TrlParser:
     )
     parser.set_defaults(model_name_or_path=DEFAULT_MODEL, output_dir=DEFAULT_OUTPUT_DIR)
     parser.set_defaults(**precision_defaults())
+    document_resume_option(parser)  # true / false / auto / path, resolved by trl_sapo.checkpoints
     return parser
 
 
