@@ -1,21 +1,34 @@
-"""SAPO vs GRPO clipping, same trainer, same seeds, off-policy: does the soft gate learn as well or better?
+"""SAPO vs GRPO clipping, same trainer, same seeds, off-policy: which objective learns better, and which is stabler?
 
-Both arms are `SAPOTrainer`; only `use_sapo_loss` differs (False = GRPOTrainer's clipped loss, ε = 0.2, unchanged).
-The regime is off-policy on purpose (`steps_per_generation > gradient_accumulation_steps` and `num_iterations ≥ 2`):
-on-policy, r = 1 and the two objectives have the same gradient, so a comparison there would show nothing.
+Every arm is the real `SAPOTrainer`; only the objective differs: `grpo` is `use_sapo_loss=False` (GRPOTrainer's
+clipped loss, ε = 0.2), `sapo` the paper's gate (τ_pos, τ_neg) = (1.0, 1.05), `sapo-tauK` a tighter gate
+(K, 1.05·K). The regime is off-policy on purpose (several optimizer steps per rollout): on-policy r = 1 and the
+objectives have the same gradient, so a comparison there would show nothing. Two tasks:
 
-Per run (arm, seed) it writes `<output_dir>/<arm>-seed<seed>/`: the Trainer checkpoints (resumable), `log_history.json`
-(every step: rewards, grad norm, `kl_to_init`, `sapo/*` or `clip_ratio/*`), `eval_after.json` and a `done.json` marker.
-Re-running skips finished runs and resumes a partial one from its last checkpoint, so a sweep can run in the
-background (`nohup nice -n 10 python benchmarks/learning.py ... &`) and be picked up later.
+- `--task copy` (default; power and stress): the controlled task of `trl_sapo.tools.copy_task` ("repeat the first
+  digit", a 2-layer random-init Llama, ~25 ms per step on one core). Regimes: `base` (lr 1e-3, 4 optimizer steps
+  per rollout, 150 steps), `reuse` (lr 1e-3, 8 steps per rollout × num_iterations 2 = 16 updates per rollout,
+  300 steps) and `stress` (as `reuse` at lr 3e-3). 10 seeds × 5 arms × 3 regimes take ~35 min on one CPU core.
+- `--task gsm8k` (realism): SmolLM2-135M-Instruct trained with the `make demo` recipe
+  (recipes/smollm2-135m_cpu_demo.yaml: data, reward, learning rate, batch, steps), only the objective changed;
+  held-out accuracy by greedy decoding on the demo's problems (`trl_sapo.gsm8k.data.HELDOUT_MIX`).
 
-KL to the initial policy: with beta = 0 TRL logs no KL, so a callback computes the exact token-level
-KL(π_θ‖π_0) = Σ_v π_θ(v|ctx) log(π_θ(v|ctx)/π_0(v|ctx)), averaged over the completion positions of a fixed probe
-batch (held-out prompts + their reference solutions), after every optimizer step. π_0's log-probs on the probe are
-computed once at the start, so no second model is kept in memory.
+Per step every run records the training reward, entropy, grad norm, the ratio r = π_θ/π_old seen by the loss
+(max and mean |log r|, measured the same way for both arms), KL(π_θ‖π_0) and the per-step KL(π_{t-1}‖π_t) on a fixed
+probe batch (held-out prompts + reference answers). Per run: held-out score before/after, the mean training reward
+(sample efficiency), steps to learn, collapse (reward learned then lost: final 20-step mean < half the peak, or any
+non-finite step). Per arm: mean ± 95 % t-interval over seeds, paired per-seed differences to `grpo` (same seed =
+same initial model and data order), and the τ whose per-step KL matches ε = 0.2's.
 
-    python benchmarks/learning.py --smoke                          # < 2 min, tiny random model
-    python benchmarks/learning.py --seeds 0 1 2 --max_steps 16     # SmolLM2-135M-Instruct, synthetic GSM8K-style
+Results go to `--results_dir` (default docs/results): learning_<task>.{json,md,png}. Each (regime, arm, seed) run
+writes `<output_dir>/<regime>/<arm>-seed<seed>/done.json`; re-running skips finished runs (a copy run takes seconds,
+so an interrupted run restarts; a gsm8k run resumes from its last checkpoint), so a sweep can be stopped and
+continued, `nice`d in the background.
+
+    python benchmarks/learning.py --smoke                                     # < 1 min, tiny settings
+    python benchmarks/learning.py --task copy --seeds 0 1 2 3 4 5 6 7 8 9     # the study (~25 min, 1 core)
+    python benchmarks/learning.py --task gsm8k --seeds 0 1                    # SmolLM2, the demo recipe
+    python benchmarks/learning.py --task copy --seeds 0 1 2 3 4 5 6 7 8 9 --report_only
 """
 
 from __future__ import annotations
@@ -23,75 +36,82 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_DISABLED", "true")
+from trl_sapo.tools.offline import use_offline_mode
+
+use_offline_mode()
 
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # scripts/ (plotting) and trl_sapo without an install
-
 from trl_sapo import SAPOConfig, SAPOTrainer  # noqa: E402
+from trl_sapo.tools.stats import mean_ci, paired_diff_ci  # noqa: E402
 
-ARMS = ("sapo", "grpo")
-# Metrics summarised per run (mean over the run's logged steps unless noted in `summarise_run`).
-SUMMARY_KEYS = ("reward", "accuracy", "format", "grad_norm", "kl_to_init", "ratio_max", "off_trust_region")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_RECIPE = REPO_ROOT / "recipes" / "smollm2-135m_cpu_demo.yaml"
+# arm -> SAPOConfig fields. τ_neg = 1.05 τ_pos keeps the paper's asymmetry at every width.
+ARMS = {
+    "grpo": {"use_sapo_loss": False, "epsilon": 0.2},
+    "sapo": {"use_sapo_loss": True, "sapo_tau_pos": 1.0, "sapo_tau_neg": 1.05},
+    "sapo-tau2": {"use_sapo_loss": True, "sapo_tau_pos": 2.0, "sapo_tau_neg": 2.1},
+    "sapo-tau4": {"use_sapo_loss": True, "sapo_tau_pos": 4.0, "sapo_tau_neg": 4.2},
+    "sapo-tau8": {"use_sapo_loss": True, "sapo_tau_pos": 8.0, "sapo_tau_neg": 8.4},
+    "sapo-tau16": {"use_sapo_loss": True, "sapo_tau_pos": 16.0, "sapo_tau_neg": 16.8},
+    "sapo-tau32": {"use_sapo_loss": True, "sapo_tau_pos": 32.0, "sapo_tau_neg": 33.6},
+}
+MAIN_ARMS = ("grpo", "sapo", "sapo-tau2", "sapo-tau4", "sapo-tau8")  # every regime; τ 16/32 only probe the KL match
+# task -> regime -> optimisation settings. Updates per rollout = steps_per_generation x num_iterations.
+REGIMES = {
+    "copy": {
+        "base": {"learning_rate": 1e-3, "steps_per_generation": 4, "num_iterations": 1, "max_steps": 150},
+        "reuse": {"learning_rate": 1e-3, "steps_per_generation": 8, "num_iterations": 2, "max_steps": 300},
+        "stress": {"learning_rate": 3e-3, "steps_per_generation": 8, "num_iterations": 2, "max_steps": 300},
+    },
+    "gsm8k": {"demo": None},  # the demo recipe's learning rate, steps per rollout and step count (demo_recipe)
+}
+SERIES = ("reward", "entropy", "grad_norm", "ratio_max", "abs_log_ratio", "kl_to_init", "step_kl")
+WINDOW = 20  # steps in the moving average that defines "learned", "final" and "collapsed" (copy task)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Data
+# Instrumentation shared by both arms
 # --------------------------------------------------------------------------------------------------------------------
-def build_datasets(args):
-    """(train prompts, held-out problems) from `trl_sapo.data.load_gsm8k`: the synthetic generator or a folder."""
-    from trl_sapo.data import load_gsm8k, to_prompts
+class RatioLoggingTrainer(SAPOTrainer):
+    """SAPOTrainer that also logs the ratio r = π_θ/π_old over the completion tokens of each micro-batch, computed the
+    same way for both arms (one extra no-grad forward), since GRPO's own metrics only report clipped fractions."""
 
-    train = load_gsm8k(args.dataset, split="train", num_examples=args.num_train, skip_invalid=True)
-    heldout = load_gsm8k(args.dataset, split="test", num_examples=args.eval_examples, skip_invalid=True)
-    return to_prompts(train), heldout
-
-
-def probe_batch(tokenizer, heldout, num_probe: int, max_len: int):
-    """Fixed probe sequences (training-format chat prompt + reference solution), left-padded, with a mask over the
-    solution tokens. Three (P, L) tensors."""
-    from trl_sapo.data import to_prompts
-
-    rows = to_prompts(heldout.select(range(min(num_probe, len(heldout)))))
-    ids, masks = [], []
-    for row in rows:
-        prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(row["answer"], add_special_tokens=False)["input_ids"][:max_len]
-        ids.append(p_ids + c_ids)
-        masks.append([0] * len(p_ids) + [1] * len(c_ids))
-    width = max(map(len, ids))
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-    attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-    target_mask = torch.tensor([[0] * (width - len(m)) + m for m in masks])
-    return input_ids, attention, target_mask
+    def _compute_loss(self, model, inputs):
+        loss = super()._compute_loss(model, inputs)
+        old = inputs.get("old_per_token_logps")
+        mode = "train" if self.model.training else "eval"
+        if old is not None and mode == "train":
+            input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            with torch.no_grad():
+                logps = self._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, inputs["completion_ids"].size(1)
+                )[0]
+            mask = inputs["completion_mask"].bool()
+            log_ratio = (logps - old)[mask]
+            self._metrics[mode]["study/ratio_max"].append(log_ratio.max().exp().item())
+            self._metrics[mode]["study/abs_log_ratio"].append(log_ratio.abs().mean().item())
+        return loss
 
 
-class KLToInitCallback(TrainerCallback):
-    """Appends `kl_to_init` = mean token KL(π_θ‖π_0) on a fixed probe batch to the trainer's metrics every step."""
+class ProbeKLCallback(TrainerCallback):
+    """After every optimizer step: KL(π_θ‖π_0) and KL(π_{t-1}‖π_t), token-level, exact over the vocabulary, averaged
+    over the answer positions of a fixed probe batch. π_0's log-probs are computed once (no second model)."""
 
     def __init__(self, trainer, input_ids, attention_mask, target_mask):
         self.trainer = trainer
         self.batch = (input_ids, attention_mask)
-        # logits at position t predict token t+1: score the positions whose *next* token is a solution token
-        self.positions = target_mask[:, 1:].bool()
-        self.init_logp = self._log_probs()
+        self.positions = target_mask[:, 1:].bool()  # logits at t predict token t+1
+        self.init_logp = self.previous_logp = self._log_probs()
 
     @torch.no_grad()
     def _log_probs(self) -> torch.Tensor:
@@ -102,422 +122,497 @@ class KLToInitCallback(TrainerCallback):
         input_ids, attention_mask = (t.to(device) for t in self.batch)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
         model.train(was_training)
-        return torch.log_softmax(logits[self.positions.to(device)], dim=-1)  # (N positions, V)
+        return torch.log_softmax(logits[self.positions.to(device)], dim=-1).cpu()  # (N positions, V)
+
+    @staticmethod
+    def _kl(logp: torch.Tensor, ref: torch.Tensor) -> float:
+        return (logp.exp() * (logp - ref)).sum(-1).mean().item()
 
     def on_step_end(self, args, state, control, **kwargs):
         logp = self._log_probs()
-        kl = (logp.exp() * (logp - self.init_logp.to(logp.device))).sum(-1).mean().item()
-        self.trainer._metrics["train"]["kl_to_init"].append(kl)
+        metrics = self.trainer._metrics["train"]
+        metrics["study/kl_to_init"].append(self._kl(logp, self.init_logp))
+        metrics["study/step_kl"].append(self._kl(logp, self.previous_logp))
+        self.previous_logp = logp
+
+
+def probe_batch(tokenizer, texts: list[tuple[str, str]], pad_left: bool = True):
+    """(input_ids, attention_mask, target_mask) for (prompt text, answer text) pairs, left-padded; target_mask marks
+    the answer tokens."""
+    ids, masks = [], []
+    for prompt, answer in texts:
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids.append(p_ids + a_ids)
+        masks.append([0] * len(p_ids) + [1] * len(a_ids))
+    width, pad = max(map(len, ids)), tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+    attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    target = torch.tensor([[0] * (width - len(m)) + m for m in masks])
+    return input_ids, attention, target
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tasks: (trainer inputs, probe, evaluation) for one seed
+# --------------------------------------------------------------------------------------------------------------------
+def copy_task_setup(args, seed: int) -> dict:
+    from trl_sapo.tools import copy_task
+
+    tokenizer = copy_task.make_tokenizer()
+    train, heldout = copy_task.make_prompts(num_heldout=args.eval_examples)
+    probe = [(p, copy_task.target(p)) for p in heldout["prompt"][: args.num_probe]]
+    return {
+        "model": copy_task.make_model(seed),
+        "tokenizer": tokenizer,
+        "reward_funcs": copy_task.copy_reward,
+        "train": train,
+        "probe": probe_batch(tokenizer, probe),
+        "evaluate": lambda model: copy_task.evaluate_greedy(model, tokenizer, heldout),
+        "config": {"max_completion_length": copy_task.ANSWER_LENGTH, "temperature": 1.0},
+    }
+
+
+def demo_recipe() -> dict:
+    """The settings of recipes/smollm2-135m_cpu_demo.yaml (the `make demo` recipe) that the gsm8k task reuses."""
+    import yaml
+
+    return yaml.safe_load(DEMO_RECIPE.read_text())
+
+
+def gsm8k_task_setup(args, seed: int) -> dict:
+    """SmolLM2-135M-Instruct trained on the demo recipe's data and settings; held-out = the demo's problems."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_sapo.gsm8k.data import load_gsm8k, load_heldout_mix, to_prompts
+    from trl_sapo.gsm8k.evaluation import evaluate
+    from trl_sapo.gsm8k.rewards import get_reward_funcs
+    from trl_sapo.tools.models import prepare_smollm2
+
+    recipe = demo_recipe()
+    model_path = args.model or str(prepare_smollm2())
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    train = to_prompts(load_gsm8k(recipe["dataset_name"], split="train", num_examples=recipe["num_train_examples"]))
+    heldout = load_heldout_mix(args.eval_examples)
+    first = next(iter(heldout.values()))
+    probe = [
+        (tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True), row["answer"])
+        for row in to_prompts(first.select(range(min(args.num_probe, len(first)))))
+    ]
+
+    def evaluate_model(model):
+        correct, out = [], {}
+        for name, dataset in heldout.items():
+            result = evaluate(model, tokenizer, dataset, batch_size=32, max_new_tokens=recipe["max_completion_length"])
+            correct += [p["correct"][0] for p in result["predictions"]]
+            out[name] = result["accuracy"]
+        return {"accuracy": sum(correct) / len(correct), "subsets": out, "correct": correct}
+
+    keys = ("max_completion_length", "temperature", "num_generations", "per_device_train_batch_size", "max_grad_norm")
+    return {
+        "model": AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
+        "tokenizer": tokenizer,
+        "reward_funcs": get_reward_funcs(recipe["reward_funcs"]),
+        "train": train,
+        "probe": probe_batch(tokenizer, probe),
+        "evaluate": evaluate_model,
+        "config": {k: recipe[k] for k in keys if k in recipe},
+    }
+
+
+TASKS = {"copy": copy_task_setup, "gsm8k": gsm8k_task_setup}
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # One run
 # --------------------------------------------------------------------------------------------------------------------
-def make_config(args, arm: str, seed: int, run_dir: Path) -> SAPOConfig:
-    on_gpu = args.device == "cuda"
-    return SAPOConfig(
-        output_dir=str(run_dir),
-        use_sapo_loss=arm == "sapo",
-        loss_type="grpo",  # same aggregation in both arms: token mean per sequence, then sequence mean
-        beta=0.0,  # epsilon: GRPOConfig's default 0.2 (the GRPO arm's clip range)
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1,
-        steps_per_generation=args.steps_per_generation,
-        num_iterations=args.num_iterations,
-        num_generations=args.num_generations,
-        max_completion_length=args.max_completion_length,
-        temperature=args.temperature,
-        seed=seed,
-        data_seed=seed,
-        use_cpu=not on_gpu,
-        bf16=on_gpu,
-        logging_steps=1,
-        logging_nan_inf_filter=False,  # keep non-finite losses visible in the log
-        save_strategy="steps",
-        save_steps=args.save_steps,
-        save_total_limit=1,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-
-
-def length_reward(completions, **kwargs) -> list[float]:
-    """min(characters, 200) / 200 (smoke mode only: gives a random model's completions non-zero advantages)."""
-    from trl_sapo.rewards import completion_text
-
-    return [min(len(completion_text(c)), 200) / 200 for c in completions]
-
-
-def is_finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def run_one(args, arm: str, seed: int, train_ds, heldout, reward_funcs) -> dict:
-    """Train (or resume) one (arm, seed) run, evaluate it, write its files; returns its done.json content."""
-    run_dir = Path(args.output_dir) / f"{arm}-seed{seed}"
+def run_one(args, regime: str, arm: str, seed: int) -> dict:
+    """Train one (regime, arm, seed) run (resuming a checkpointed gsm8k run), evaluate it, write done.json."""
+    run_dir = Path(args.output_dir) / regime / f"{arm}-seed{seed}"
     done = run_dir / "done.json"
     if done.exists():
         return json.loads(done.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    config = make_config(args, arm, seed, run_dir)
-    trainer = SAPOTrainer(model, reward_funcs, args=config, train_dataset=train_ds, processing_class=tokenizer)
-    probe = probe_batch(tokenizer, heldout, args.num_probe, args.probe_tokens)
-    trainer.add_callback(KLToInitCallback(trainer, *probe))
-
-    last_ckpt = get_last_checkpoint(str(run_dir))
+    task = TASKS[args.task](args, seed)
+    eval_before = evaluate_before(args, task)
+    checkpointing = args.task == "gsm8k"
+    settings = {
+        "per_device_train_batch_size": args.batch_size,
+        "num_generations": args.num_generations,
+        **regime_settings(args, regime),
+        **task["config"],
+    }
+    config = SAPOConfig(
+        output_dir=str(run_dir),
+        **ARMS[arm],
+        **settings,
+        loss_type="grpo",  # same aggregation in every arm: token mean per sequence, then sequence mean
+        beta=0.0,
+        lr_scheduler_type="constant",
+        gradient_accumulation_steps=1,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+        bf16=False,
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # keep non-finite losses visible in the log
+        save_strategy="steps" if checkpointing else "no",
+        save_steps=args.save_steps,
+        save_total_limit=1,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = RatioLoggingTrainer(
+        task["model"],
+        task["reward_funcs"],
+        args=config,
+        train_dataset=task["train"],
+        processing_class=task["tokenizer"],
+    )
+    trainer.add_callback(ProbeKLCallback(trainer, *task["probe"]))
     start = time.time()
-    trainer.train(resume_from_checkpoint=last_ckpt)
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(run_dir)) if checkpointing else None)
     train_seconds = time.time() - start
-    if trainer.state.global_step < args.max_steps:  # stopped early (e.g. SIGTERM handler): leave it resumable
-        raise SystemExit(
-            f"{run_dir.name} stopped at step {trainer.state.global_step}/{args.max_steps}; re-run to resume"
-        )
-    history = trainer.state.log_history
-    (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
-
-    eval_after = evaluate_model(args, trainer.model, tokenizer, heldout)
-    (run_dir / "eval_after.json").write_text(json.dumps(eval_after, indent=1))
-    summary = {
+    history = [e for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e]
+    eval_after = task["evaluate"](trainer.model)
+    record = {
+        "task": args.task,
+        "regime": regime,
         "arm": arm,
         "seed": seed,
-        "resumed_from": last_ckpt,
-        "train_seconds": train_seconds,
         "steps": trainer.state.global_step,
+        "train_seconds": train_seconds,
+        "eval_before": eval_before,
+        "eval_after": eval_after,
+        "series": {key: per_step_series(history, key) for key in SERIES},
         "nonfinite_steps": [
-            e["step"] for e in history if "loss" in e and not (is_finite(e["loss"]) and is_finite(e.get("grad_norm")))
+            e["step"] for e in history if not (_finite(e.get("loss")) and _finite(e.get("grad_norm")))
         ],
-        "eval_after": {k: v for k, v in eval_after.items() if k != "predictions"},
-        "summary": summarise_run(history),
     }
-    done.write_text(json.dumps(summary, indent=1))
-    if not args.keep_checkpoints:  # checkpoints only serve resumption; the log and summary are the results
-        for ckpt in run_dir.glob("checkpoint-*"):
-            shutil.rmtree(ckpt)
-    del trainer, model
-    return summary
+    record["summary"] = summarise_run(record)
+    done.write_text(json.dumps(record))
+    for ckpt in run_dir.glob("checkpoint-*"):  # checkpoints only serve resumption; done.json holds the results
+        import shutil
+
+        shutil.rmtree(ckpt)
+    return record
 
 
-def step_rows(history: list[dict]) -> list[dict]:
-    """Per-step training rows (the final train-summary entry has `train_runtime` instead of a `loss`)."""
-    return [e for e in history if "loss" in e and "train_runtime" not in e]
+def evaluate_before(args, task: dict) -> dict:
+    """Held-out score of the initial model. gsm8k: the same pretrained model in every run, so evaluated once and
+    cached in <output_dir>/eval_before.json; copy: the random initialisation depends on the seed."""
+    if args.task == "copy":
+        return task["evaluate"](task["model"])
+    path = Path(args.output_dir) / "eval_before.json"
+    if not path.exists():
+        path.write_text(json.dumps(task["evaluate"](task["model"])))
+    return json.loads(path.read_text())
 
 
-def _reward_key(row: dict, name: str) -> str | None:
-    return next((k for k in row if k.startswith("rewards/") and name in k and k.endswith("/mean")), None)
+def regime_settings(args, regime: str) -> dict:
+    """The regime's optimisation settings; --max_steps overrides the regime's step count."""
+    settings = dict(REGIMES[args.task][regime] or {})
+    if args.task == "gsm8k":
+        recipe = demo_recipe()
+        settings.update(
+            {k: recipe[k] for k in ("learning_rate", "steps_per_generation", "num_iterations", "max_steps")}
+        )
+    if args.max_steps is not None:
+        settings["max_steps"] = args.max_steps
+    return settings
 
 
-def summarise_run(history: list[dict]) -> dict:
-    """Scalar summaries of one run: means over all steps, and over the last half (the 'late' window)."""
-    rows = step_rows(history)
-    if not rows:
-        return {}
-    series: dict[str, list[float]] = {k: [] for k in SUMMARY_KEYS}
-    for row in rows:
-        acc_key, fmt_key = _reward_key(row, "accuracy"), _reward_key(row, "format")
-        values = {
-            "reward": row.get("reward"),
-            "accuracy": row.get(acc_key) if acc_key else None,
-            "format": row.get(fmt_key) if fmt_key else None,
-            "grad_norm": row.get("grad_norm"),
-            "kl_to_init": row.get("kl_to_init"),
-            "ratio_max": row.get("sapo/ratio_max"),
-            # share of tokens whose ratio left the trust region: SAPO's soft-clipped share (w < 0.5) or GRPO's
-            # hard-clipped share (outside [1-ε, 1+ε] on the side that clips), the comparable "off-policy" signal
-            "off_trust_region": row.get("sapo/soft_clip_ratio", row.get("clip_ratio/region_mean")),
-        }
-        for k, v in values.items():
-            if is_finite(v):
-                series[k].append(float(v))
-    out = {}
-    for k, xs in series.items():
-        if xs:
-            late = xs[len(xs) // 2 :]
-            out[k] = {"mean": statistics.fmean(xs), "late": statistics.fmean(late), "last": xs[-1], "max": max(xs)}
-    return out
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def evaluate_model(args, model, tokenizer, heldout) -> dict:
-    from trl_sapo.evaluation import evaluate
+def per_step_series(history: list[dict], key: str) -> list[float | None]:
+    """One value per optimizer step. Rollout metrics (reward) are logged only on the steps that generate; the steps
+    that reuse that rollout carry its value forward, so every series is indexed by optimizer step."""
+    name = key if key in ("reward", "entropy", "grad_norm") else f"study/{key}"
+    values, last = [], None
+    for entry in history:
+        value = entry.get(name)
+        if _finite(value):
+            last = float(value)
+        elif key == "reward":
+            value = last
+        values.append(float(value) if _finite(value) else None)
+    return values
 
-    model.eval()
-    result = evaluate(
-        model,
-        tokenizer,
-        heldout,
-        batch_size=args.eval_batch_size,
-        max_new_tokens=args.eval_max_new_tokens,
-        progress=False,
-    )
-    model.train()
-    return result
+
+def moving_average(xs: list[float | None], window: int = WINDOW) -> list[float]:
+    values = [x for x in xs if x is not None]
+    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def summarise_run(record: dict) -> dict:
+    """Scalars of one run. `learned_at`: first step whose 20-step mean training reward reaches 0.8; `final`: mean
+    training reward over the last 20 % of the steps (at least 20)."""
+    s = record["series"]
+    reward_ma = moving_average(s["reward"])
+    peak = max(reward_ma)
+    final = statistics.fmean([x for x in s["reward"] if x is not None][-max(WINDOW, len(reward_ma) // 5) :])
+    finite = lambda key: [x for x in s[key] if x is not None]  # noqa: E731
+    late = lambda key: finite(key)[len(finite(key)) // 2 :]  # noqa: E731
+    score_key = "reward" if record["task"] == "copy" else "accuracy"
+    return {
+        "heldout_before": record["eval_before"][score_key],
+        "heldout_after": record["eval_after"][score_key],
+        "train_reward_mean": statistics.fmean(finite("reward")),
+        "train_reward_final": final,
+        "learned_at": next((i + 1 for i, x in enumerate(reward_ma) if x >= 0.8), None),
+        "collapsed": bool(record["nonfinite_steps"]) or (peak >= 0.5 and final < 0.5 * peak),
+        "kl_to_init_final": finite("kl_to_init")[-1],
+        "step_kl_mean": statistics.fmean(finite("step_kl")),
+        # early = first 20 % of the steps, before the arms differ in how much they have learned (a policy that has
+        # learned more is more peaked and moves less per step, which confounds the whole-run mean)
+        "step_kl_early": statistics.fmean(finite("step_kl")[: max(1, len(finite("step_kl")) // 5)]),
+        "entropy_final": statistics.fmean(late("entropy")),
+        "grad_norm_mean": statistics.fmean(finite("grad_norm")),
+        "grad_norm_max": max(finite("grad_norm")),
+        "ratio_max": max(finite("ratio_max"), default=None),
+        "abs_log_ratio_mean": statistics.fmean(finite("abs_log_ratio")) if finite("abs_log_ratio") else None,
+        "nonfinite_steps": len(record["nonfinite_steps"]),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Aggregation and reporting
+# Aggregation and report
 # --------------------------------------------------------------------------------------------------------------------
-def mean_std(xs: list[float]) -> dict:
-    xs = [x for x in xs if is_finite(x)]
-    if not xs:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
-
-
-def aggregate_runs(runs: list[dict], eval_before: dict) -> dict:
-    """Per arm: mean ± std over seeds of each run's summaries and held-out accuracy."""
-    per_arm = {}
-    for arm in sorted({r["arm"] for r in runs}):
-        arm_runs = [r for r in runs if r["arm"] == arm]
-        stats = {}
-        for key in SUMMARY_KEYS:
-            for field in ("mean", "late", "max"):
-                vals = [r["summary"].get(key, {}).get(field) for r in arm_runs]
-                stats[f"{key}/{field}"] = mean_std([v for v in vals if v is not None])
-        stats["heldout_accuracy_after"] = mean_std([r["eval_after"].get("accuracy") for r in arm_runs])
-        stats["nonfinite_steps"] = sum(len(r["nonfinite_steps"]) for r in arm_runs)
-        stats["seeds"] = [r["seed"] for r in arm_runs]
-        per_arm[arm] = stats
-    return {"heldout_accuracy_before": eval_before.get("accuracy"), "arms": per_arm}
-
-
-def fmt(ms: dict) -> str:
-    if ms["mean"] is None:
-        return "n/a"
-    return f"{ms['mean']:.3g} ± {ms['std']:.2g}"
-
-
-ROWS = (
-    ("Held-out accuracy after training", "heldout_accuracy_after"),
-    ("Train reward (mean over steps)", "reward/mean"),
-    ("Train reward (second half)", "reward/late"),
-    ("Accuracy reward (second half)", "accuracy/late"),
-    ("Format reward (second half)", "format/late"),
-    ("Grad norm (mean)", "grad_norm/mean"),
-    ("Grad norm (max)", "grad_norm/max"),
-    ("KL(π_θ‖π_0) on probe, second half", "kl_to_init/late"),
-    ("KL(π_θ‖π_0) on probe, max", "kl_to_init/max"),
-    ("Share of tokens off the trust region (SAPO w<0.5 / GRPO clipped)", "off_trust_region/mean"),
-    ("Max ratio r (SAPO arm only)", "ratio_max/max"),
+ROWS = (  # (label, summary key, higher is better?)
+    ("Held-out score after training", "heldout_after", True),
+    ("Mean training reward (sample efficiency)", "train_reward_mean", True),
+    ("Final training reward (last 20 % of steps)", "train_reward_final", True),
+    ("Steps until 20-step reward ≥ 0.8 (runs that got there)", "learned_at", False),
+    ("KL(π_θ‖π_0) at the end", "kl_to_init_final", None),
+    ("Per-step KL(π_{t-1}‖π_t), mean", "step_kl_mean", None),
+    ("Per-step KL, first 20 % of steps", "step_kl_early", None),
+    ("Entropy, second half", "entropy_final", None),
+    ("Grad norm, mean", "grad_norm_mean", None),
+    ("Grad norm, max", "grad_norm_max", None),
+    ("Max ratio r seen by the loss", "ratio_max", None),
+    ("Mean |log r| seen by the loss", "abs_log_ratio_mean", None),
 )
 
 
-def markdown_table(result: dict, args) -> str:
-    arms = list(result["arms"])
-    lines = [
-        f"| metric | {' | '.join(arms)} |",
-        f"|---|{'---|' * len(arms)}",
-    ]
-    for label, key in ROWS:
-        lines.append(f"| {label} | {' | '.join(fmt(result['arms'][a][key]) for a in arms)} |")
-    lines.append(
-        f"| Non-finite loss/grad steps (all seeds) | {' | '.join(str(result['arms'][a]['nonfinite_steps']) for a in arms)} |"
-    )
-    lines.append(f"| Seeds | {' | '.join(str(result['arms'][a]['seeds']) for a in arms)} |")
-    before = result["heldout_accuracy_before"]
-    before_txt = "n/a" if before is None else f"{before:.3f}"
-    header = (
-        f"# Learning benchmark: SAPO vs GRPO clipping\n\n"
-        f"Model `{args.model}`, dataset `{args.dataset}`, {args.max_steps} optimizer steps, "
-        f"{args.num_generations} generations × {args.batch_size // args.num_generations} prompts per step "
-        f"(batch {args.batch_size}), steps_per_generation={args.steps_per_generation}, "
-        f"num_iterations={args.num_iterations}, lr={args.learning_rate}, temperature={args.temperature}, "
-        f"max_completion_length="
-        f"{args.max_completion_length}, beta=0, ε=0.2 (GRPO), τ=(1.0, 1.05) (SAPO). Held-out: "
-        f"{args.eval_examples} problems, greedy, {args.eval_max_new_tokens} new tokens; accuracy before training "
-        f"{before_txt}. Values: mean ± std over seeds.\n\n"
-    )
-    return header + "\n".join(lines) + "\n"
+PAIRED_KEYS = ("heldout_after", "train_reward_mean", "train_reward_final", "step_kl_early", "abs_log_ratio_mean")
 
 
-def make_plot(args, runs: list[dict], path: Path) -> str | None:
-    try:
-        from scripts.plot_training import load_log_history, make_training_figure
-    except ImportError as err:  # the plotting helper is optional for the sweep itself
-        print(f"[learning] no plot: {err}")
+def aggregate(runs: list[dict]) -> dict:
+    """regime -> arm -> {metric: mean_ci, collapses, paired differences to grpo}; plus τ matching ε's per-step KL.
+    Summaries are recomputed from each run's stored series, so a changed definition needs no re-run."""
+    runs = [{**r, "summary": summarise_run(r)} for r in runs]
+    out = {}
+    for regime in sorted({r["regime"] for r in runs}):
+        by_arm = {a: {r["seed"]: r for r in runs if r["regime"] == regime and r["arm"] == a} for a in ARMS}
+        by_arm = {a: v for a, v in by_arm.items() if v}
+        table = {}
+        for arm, seeds in by_arm.items():
+            stats = {key: mean_ci([seeds[s]["summary"][key] for s in sorted(seeds)]) for _, key, _ in ROWS}
+            stats["heldout_before"] = mean_ci([seeds[s]["summary"]["heldout_before"] for s in sorted(seeds)])
+            stats["collapses"] = sum(seeds[s]["summary"]["collapsed"] for s in seeds)
+            stats["never_learned"] = sum(seeds[s]["summary"]["learned_at"] is None for s in seeds)
+            stats["nonfinite_steps"] = sum(seeds[s]["summary"]["nonfinite_steps"] for s in seeds)
+            stats["seeds"] = sorted(seeds)
+            if arm != "grpo" and "grpo" in by_arm:
+                common = sorted(set(seeds) & set(by_arm["grpo"]))
+                stats["vs_grpo"] = {
+                    key: paired_diff_ci(
+                        [seeds[s]["summary"][key] for s in common],
+                        [by_arm["grpo"][s]["summary"][key] for s in common],
+                    )
+                    for key in PAIRED_KEYS
+                }
+            table[arm] = stats
+        out[regime] = {
+            "arms": table,
+            "tau_matching_grpo": {
+                key: tau_matching_grpo(table, key) for key in ("step_kl_early", "abs_log_ratio_mean")
+            },
+        }
+    return out
+
+
+def tau_matching_grpo(table: dict, key: str) -> float | None:
+    """τ_pos at which SAPO's mean `key` (a per-step policy-change measure) equals GRPO's (ε = 0.2), by log-log
+    interpolation between the SAPO arms that bracket it; None when no pair brackets it."""
+    if "grpo" not in table or table["grpo"][key]["mean"] is None:
         return None
-    histories = {}
-    for r in runs:
-        log = Path(args.output_dir) / f"{r['arm']}-seed{r['seed']}" / "log_history.json"
-        history = json.loads(log.read_text()) if log.exists() else load_log_history(log.parent)
-        # beta = 0, so TRL logs no `kl`: plot our kl_to_init (KL to the initial = reference policy) in that panel
-        histories[f"{r['arm']}-seed{r['seed']}"] = [
-            {**e, "kl": e["kl_to_init"]} if "kl_to_init" in e else e for e in history
+    target = table["grpo"][key]["mean"]
+    points = sorted((ARMS[a]["sapo_tau_pos"], t[key]["mean"]) for a, t in table.items() if a != "grpo")
+    for (t0, k0), (t1, k1) in zip(points, points[1:]):
+        if min(k0, k1) <= target <= max(k0, k1) and k0 != k1 and min(k0, k1, target) > 0:
+            w = (math.log(target) - math.log(k0)) / (math.log(k1) - math.log(k0))
+            return math.exp(math.log(t0) + w * (math.log(t1) - math.log(t0)))
+    return None
+
+
+def _fmt(ms: dict, digits: int = 3) -> str:
+    if ms["mean"] is None:
+        return "n/a"
+    ci = "" if ms["ci95"] is None else f" ± {ms['ci95']:.{digits}g}"
+    return f"{ms['mean']:.{digits}g}{ci}"
+
+
+def _fmt_diff(d: dict) -> str:
+    if d["mean"] is None:
+        return "n/a"
+    ci = "" if d["ci95"] is None else f" ± {d['ci95']:.2g}"
+    return f"{d['mean']:+.3g}{ci} ({d['wins']}/{d['n']} seeds better)"
+
+
+def markdown(result: dict, args) -> str:
+    lines = [f"# Learning study: SAPO vs GRPO clipping (task `{args.task}`)\n"]
+    for regime, block in result["regimes"].items():
+        table = block["arms"]
+        arms = list(table)
+        setting = ", ".join(f"{k}={v}" for k, v in regime_settings(args, regime).items())
+        lines += [
+            f"\n## Regime `{regime}` ({setting}; {args.batch_size} completions per step, "
+            f"{args.num_generations} per prompt)\n",
+            "Mean ± 95 % t-interval over seeds.\n",
+            f"| metric | {' | '.join(arms)} |",
+            f"|---|{'---|' * len(arms)}",
+            f"| Held-out score before training | {' | '.join(_fmt(table[a]['heldout_before']) for a in arms)} |",
         ]
-    fig = make_training_figure(histories, smooth=args.plot_smooth, title="SAPO vs GRPO clipping (per seed)")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return str(path)
+        for label, key, _ in ROWS:
+            lines.append(f"| {label} | {' | '.join(_fmt(table[a][key]) for a in arms)} |")
+        for label, key in (
+            ("Collapses (learned, then lost half the reward; or non-finite)", "collapses"),
+            ("Runs that never reached 0.8 training reward", "never_learned"),
+            ("Non-finite steps (all seeds)", "nonfinite_steps"),
+        ):
+            lines.append(f"| {label} | {' | '.join(str(table[a][key]) for a in arms)} |")
+        lines.append(f"| Seeds | {' | '.join(str(len(table[a]['seeds'])) for a in arms)} |")
+        paired = [a for a in arms if "vs_grpo" in table[a]]
+        if paired:
+            lines += [
+                "\nPaired per-seed difference arm − grpo (mean ± 95 % t-interval; seeds where the arm is higher):\n",
+                f"| metric | {' | '.join(paired)} |",
+                f"|---|{'---|' * len(paired)}",
+            ]
+            for key in PAIRED_KEYS:
+                lines.append(f"| {key} | {' | '.join(_fmt_diff(table[a]['vs_grpo'][key]) for a in paired)} |")
+        for key, tau in block["tau_matching_grpo"].items():
+            match = "none of the τ tried brackets it" if tau is None else f"**τ ≈ {tau:.2g}** (log-log interpolation)"
+            lines.append(f"\nτ_pos whose `{key}` equals GRPO's (ε = 0.2): {match}.")
+    return "\n".join(lines) + "\n"
+
+
+def make_plot(runs: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = sorted({r["regime"] for r in runs})
+    panels = (("reward", "training reward"), ("kl_to_init", "KL(π_θ‖π_0)"), ("entropy", "entropy"),
+              ("step_kl", "per-step KL"), ("ratio_max", "max ratio r"))  # fmt: skip
+    fig, axes = plt.subplots(len(regimes), len(panels), figsize=(4 * len(panels), 3.2 * len(regimes)), squeeze=False)
+    for row, regime in zip(axes, regimes):
+        for ax, (key, label) in zip(row, panels):
+            for arm in ARMS:
+                curves = [
+                    moving_average(r["series"][key], 10) for r in runs if r["regime"] == regime and r["arm"] == arm
+                ]
+                curves = [c for c in curves if c]
+                if not curves:
+                    continue
+                length = min(map(len, curves))
+                stats = [mean_ci([c[i] for c in curves]) for i in range(length)]
+                mean = [s["mean"] for s in stats]
+                half = [s["ci95"] or 0.0 for s in stats]
+                steps = range(1, length + 1)
+                ax.plot(steps, mean, label=f"{arm} (n={len(curves)})", lw=1.4)
+                ax.fill_between(
+                    steps, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)], alpha=0.15
+                )
+            ax.set_title(f"{regime}: {label}", fontsize=10)
+            ax.set_xlabel("optimizer step")
+            if key in ("ratio_max", "step_kl", "kl_to_init"):
+                ax.set_yscale("log")
+        row[0].legend(fontsize=7)
+    fig.suptitle(title + " — mean over seeds, 95 % CI band, 10-step moving average")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(args, runs: list[dict]) -> dict:
+    result = {"task": args.task, "config": vars(args), "regimes": aggregate(runs), "torch": torch.__version__}
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"learning_{args.task}" + ("-smoke" if args.smoke else "")
+    (results_dir / f"{stem}.json").write_text(json.dumps({**result, "runs": runs}))
+    text = markdown(result, args)
+    make_plot(runs, results_dir / f"{stem}.png", f"SAPO vs GRPO, task {args.task}")
+    text += f"\n![learning curves]({stem}.png)\n"
+    (results_dir / f"{stem}.md").write_text(text)
+    print(text)
+    return result
 
 
 # --------------------------------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="copy", choices=list(TASKS))
     p.add_argument(
-        "--model", default=None, help="HF folder; default: SmolLM2-135M-Instruct (tiny random with --smoke)"
-    )
-    p.add_argument(
-        "--dataset",
-        default="synthetic:num_steps=1-2,max_value=20",
-        help="load_gsm8k source: 'synthetic[:options]' or a GSM8K folder (../shared/data/gsm8k)",
-    )
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--max_steps", type=int, default=8)
-    p.add_argument("--learning_rate", type=float, default=3e-5)
-    p.add_argument("--num_generations", type=int, default=4)
-    p.add_argument("--batch_size", type=int, default=4, help="completions per optimizer step (per device)")
-    p.add_argument("--steps_per_generation", type=int, default=2)
-    p.add_argument("--num_iterations", type=int, default=2)
-    p.add_argument("--max_completion_length", type=int, default=96)
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=0.7,
-        help="sampling temperature (at 1.0 SmolLM2-135M almost never solves a problem: no reward variance)",
-    )
-    p.add_argument("--num_train", type=int, default=256)
-    p.add_argument("--eval_examples", type=int, default=12)
-    p.add_argument("--eval_batch_size", type=int, default=16)
-    p.add_argument("--eval_max_new_tokens", type=int, default=64)
-    p.add_argument("--num_probe", type=int, default=4, help="probe sequences for kl_to_init")
-    p.add_argument("--probe_tokens", type=int, default=64, help="solution tokens per probe sequence")
-    p.add_argument("--save_steps", type=int, default=4)
-    p.add_argument("--keep_checkpoints", action="store_true")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument(
-        "--output_dir",
+        "--arms",
+        nargs="+",
         default=None,
-        help="per-run folders, resumable (default: benchmarks/out/learning, or learning-smoke with --smoke)",
+        choices=list(ARMS),
+        help="default: grpo and SAPO at τ 1, 2, 4, 8 (copy); grpo sapo (gsm8k)",
     )
-    p.add_argument(
-        "--results_dir",
-        default=None,
-        help="learning.json / .md / .png (default: docs/results; with --smoke: --output_dir)",
-    )
-    p.add_argument("--plot_smooth", type=float, default=0.0, help="EMA weight for the plot (0 = raw)")
-    p.add_argument(
-        "--report_only",
-        action="store_true",
-        help="no training: write the report from the finished runs (same arguments as the sweep)",
-    )
-    p.add_argument("--smoke", action="store_true", help="< 2 min: tiny random model, 2 steps, 1 seed, both arms")
+    p.add_argument("--regimes", nargs="+", default=None, help="default: every regime of the task")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
+    p.add_argument("--max_steps", type=int, default=None, help="override every regime's step count")
+    p.add_argument("--batch_size", type=int, default=None, help="completions per step; default 32 (copy), 16 (gsm8k)")
+    p.add_argument("--num_generations", type=int, default=8)
+    p.add_argument("--eval_examples", type=int, default=None, help="held-out problems; default 200 (copy), 128")
+    p.add_argument("--num_probe", type=int, default=None, help="probe sequences for the KL metrics")
+    p.add_argument("--model", default=None, help="gsm8k: HF folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--save_steps", type=int, default=2, help="gsm8k: checkpoint interval (for resuming)")
+    p.add_argument("--output_dir", default=None, help="per-run folders (default benchmarks/out/learning_<task>)")
+    p.add_argument("--results_dir", default=None, help="default: docs/results (with --smoke: --output_dir)")
+    p.add_argument("--report_only", action="store_true", help="no training: report the finished runs")
+    p.add_argument("--smoke", action="store_true", help="copy task, 2 arms, 1 seed, 12 steps: a pipeline check")
     args = p.parse_args(argv)
+    if args.smoke and args.task != "copy":
+        p.error("--smoke runs the copy task")
+    copy = args.task == "copy"
     if args.smoke:
-        args.seeds, args.max_steps, args.num_train = args.seeds[:1], 2, 16
-        args.max_completion_length, args.eval_examples, args.eval_max_new_tokens = 16, 4, 16
-        args.num_generations, args.batch_size, args.num_probe, args.probe_tokens = 2, 4, 2, 16
-        args.save_steps, args.learning_rate, args.temperature = 1, 1e-3, 1.0
-    if args.output_dir is None:
-        args.output_dir = "benchmarks/out/learning-smoke" if args.smoke else "benchmarks/out/learning"
-    if args.results_dir is None:
-        args.results_dir = args.output_dir if args.smoke else "docs/results"
+        args.seeds, args.max_steps, args.regimes = args.seeds[:1], 12, ["base"]
+        args.arms = args.arms or ["grpo", "sapo"]
+        args.eval_examples, args.num_probe = 16, 4
+    args.arms = args.arms or (list(MAIN_ARMS) if copy else ["grpo", "sapo"])
+    args.regimes = args.regimes or list(REGIMES[args.task])
+    if unknown := set(args.regimes) - set(REGIMES[args.task]):
+        p.error(f"unknown regime(s) {sorted(unknown)} for task {args.task}; choose from {list(REGIMES[args.task])}")
+    args.batch_size = args.batch_size or (32 if copy else 16)
+    args.eval_examples = args.eval_examples or (200 if copy else 128)
+    args.num_probe = args.num_probe or (64 if copy else 4)
     if args.batch_size % args.num_generations:
         p.error("--batch_size must be a multiple of --num_generations")
+    suffix = "-smoke" if args.smoke else ""
+    args.output_dir = args.output_dir or f"benchmarks/out/learning_{args.task}{suffix}"
+    args.results_dir = args.results_dir or (args.output_dir if args.smoke else "docs/results")
     return args
-
-
-def resolve_model(args) -> None:
-    if args.model is not None:
-        return
-    from trl_sapo.models import build_tiny_model, prepare_smollm2
-
-    smollm2 = prepare_smollm2()
-    if args.smoke:
-        tiny = Path(args.output_dir) / "tiny-model"
-        if not (tiny / "config.json").exists():
-            build_tiny_model(tiny, tokenizer_dir=smollm2)
-        args.model = str(tiny)
-    else:
-        args.model = str(smollm2)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    resolve_model(args)
-    if args.report_only:
-        return write_report(args, *collect_finished(args))
-    from trl_sapo.rewards import get_reward_funcs
-
-    train_ds, heldout = build_datasets(args)
-    reward_funcs = get_reward_funcs(["accuracy", "format"])
-    if args.smoke:  # a random model never scores on accuracy/format: add a dense reward so gradients are non-zero
-        reward_funcs.append(length_reward)
-
-    before_path = Path(args.output_dir) / "eval_before.json"
-    if before_path.exists():
-        eval_before = json.loads(before_path.read_text())
-    else:  # the initial policy is the same for every run: evaluate it once
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        if args.device == "cuda":
-            model = model.to("cuda", dtype=torch.bfloat16)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        eval_before = {k: v for k, v in evaluate_model(args, model, tokenizer, heldout).items() if k != "predictions"}
-        before_path.write_text(json.dumps(eval_before, indent=1))
-        del model
-
-    plan = [(arm, seed) for seed in args.seeds for arm in args.arms]  # arms interleaved: a partial sweep is paired
+    plan = [(regime, arm, seed) for regime in args.regimes for seed in args.seeds for arm in args.arms]
     runs = []
-    for arm, seed in tqdm(plan, desc="runs", unit="run"):
-        runs.append(run_one(args, arm, seed, train_ds, heldout, reward_funcs))
-
-    return write_report(args, runs, eval_before, incomplete=[])
-
-
-def collect_finished(args) -> tuple[list[dict], dict, list[dict]]:
-    """Finished runs (done.json), the shared before-eval, and the progress of unfinished runs (for --report_only)."""
-    out_dir = Path(args.output_dir)
-    before_path = out_dir / "eval_before.json"
-    eval_before = json.loads(before_path.read_text()) if before_path.exists() else {}
-    runs, incomplete = [], []
-    for seed in args.seeds:
-        for arm in args.arms:
-            run_dir = out_dir / f"{arm}-seed{seed}"
-            if (run_dir / "done.json").exists():
-                runs.append(json.loads((run_dir / "done.json").read_text()))
-                continue
-            last = get_last_checkpoint(str(run_dir)) if run_dir.exists() else None
-            steps = json.loads((Path(last) / "trainer_state.json").read_text())["global_step"] if last else 0
-            incomplete.append({"arm": arm, "seed": seed, "checkpointed_steps": steps, "max_steps": args.max_steps})
-    return runs, eval_before, incomplete
-
-
-def write_report(args, runs: list[dict], eval_before: dict, incomplete: list[dict]) -> dict:
-    """learning.json / .md / .png in --results_dir from the finished runs."""
-    result = aggregate_runs(runs, eval_before) if runs else {"heldout_accuracy_before": None, "arms": {}}
-    result["config"] = dict(vars(args))
-    result["runs"] = runs
-    result["incomplete_runs"] = incomplete
-    result["eval_before"] = eval_before
-    result["torch"] = torch.__version__
-    results_dir = Path(args.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    stem = "learning-smoke" if args.smoke else "learning"
-    (results_dir / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    table = markdown_table(result, args) if runs else "# Learning benchmark: no finished run yet\n"
-    if incomplete:
-        table += (
-            "\nUnfinished runs (resumable): "
-            + ", ".join(
-                f"{r['arm']}-seed{r['seed']} ({r['checkpointed_steps']}/{r['max_steps']} steps checkpointed)"
-                for r in incomplete
-            )
-            + "\n"
-        )
-    plot = make_plot(args, runs, results_dir / f"{stem}.png") if runs else None
-    if plot:
-        table += f"\n![training curves]({Path(plot).name})\n"
-    (results_dir / f"{stem}.md").write_text(table)
-    print(table)
-    return result
+    for regime, arm, seed in tqdm(plan, desc=f"learning study ({args.task})", unit="run"):
+        done = Path(args.output_dir) / regime / f"{arm}-seed{seed}" / "done.json"
+        if args.report_only:
+            if done.exists():
+                runs.append(json.loads(done.read_text()))
+            continue
+        runs.append(run_one(args, regime, arm, seed))
+    if not runs:
+        raise SystemExit(f"no finished runs under {args.output_dir}")
+    return write_report(args, runs)
 
 
 if __name__ == "__main__":

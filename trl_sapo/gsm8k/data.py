@@ -479,3 +479,17 @@ def to_prompts(
     return dataset.map(
         lambda row: {"prompt": build_prompt(row["question"], system_prompt=system_prompt, few_shot=few_shot)}
     )
+
+
+# Held-out problems of `make demo` and of the SmolLM2 learning study: the test split (never trained on) of the demo's
+# training distribution, and the same difficulty in wordings the training set never uses.
+HELDOUT_MIX = {
+    "same kind as training": "synthetic:num_steps=1,max_value=20",
+    "unseen phrasings": "synthetic:num_steps=1,max_value=20,phrasing=alternate",
+}
+
+
+def load_heldout_mix(num_examples: int, sources: dict[str, str] = HELDOUT_MIX) -> dict[str, Dataset]:
+    """{subset name: test-split Dataset}, `num_examples` split evenly over `sources`."""
+    per_subset = max(1, num_examples // len(sources))
+    return {name: load_gsm8k(source, split="test", num_examples=per_subset) for name, source in sources.items()}
