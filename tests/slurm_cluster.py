@@ -143,7 +143,14 @@ class SlurmCluster:
                 f"NodeName={name} NodeHostname={self.hostname} NodeAddr=127.0.0.1 Port={port} "
                 f"CPUs={self.cpus_per_node} State=UNKNOWN"
             )
-        lines.append(f"PartitionName=debug Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP")
+        # Pre-emption as on a real shared cluster: a job in `urgent` (higher PriorityTier) pre-empts `debug` jobs on
+        # its nodes; they get SIGTERM, GraceTime s to save, and are requeued (PreemptMode=REQUEUE).
+        lines += ["PreemptType=preempt/partition_prio", "PreemptMode=REQUEUE"]
+        nodes = ",".join(self.nodes)
+        lines.append(
+            f"PartitionName=debug Nodes={nodes} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=60"
+        )
+        lines.append(f"PartitionName=urgent Nodes={nodes} MaxTime=INFINITE State=UP PriorityTier=10")
         self.conf.write_text("\n".join(lines) + "\n")
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
@@ -239,6 +246,13 @@ class SlurmCluster:
         """Submit with `sbatch --parsable ARGS` and return the job id."""
         out = self.run(["sbatch", "--parsable", *args], env={**self.env, **(env or {})}, cwd=cwd).stdout
         return out.strip().split(";")[0]
+
+    def preempt(self, num_nodes: int | None = None) -> str:
+        """Submit a short job to the higher-priority `urgent` partition on `num_nodes` (default: all) nodes, which
+        pre-empts the `debug` jobs running there; returns its job id."""
+        n = num_nodes or len(self.nodes)
+        out = self.root / "urgent-%j.out"
+        return self.sbatch([f"--nodes={n}", "--partition=urgent", f"--output={out}", "--wrap", "true"])
 
     def job_info(self, job_id: str) -> dict[str, str]:
         """`scontrol show job -o` as a dict (JobState, ExitCode, NodeList, StdOut, ...)."""

@@ -238,11 +238,11 @@ REQUEUE_STEPS = 4
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(4 * JOB_TIMEOUT)
-def test_sigterm_requeues_the_job_which_resumes_bit_exact(slurm_cluster, tmp_path, tiny_model_path):
-    """SIGTERM to the batch script mid-training (what `--signal=B:TERM@180` sends before the time limit, and what a
-    pre-emption or `scontrol requeue` sends) → the trainers checkpoint and stop, the launcher requeues the job, SLURM
-    restarts it (same job id), the unchanged command resumes from that checkpoint by itself and finishes at the
-    planned step, with the same weights, bit for bit, as the same command run without interruption."""
+def test_preempted_job_requeues_and_resumes_bit_exact(slurm_cluster, tmp_path, tiny_model_path):
+    """A real pre-emption mid-training: a job in the higher-priority partition needs both nodes → SLURM sends SIGTERM
+    to the training step (GraceTime 60 s) → the trainers checkpoint and stop → the job is requeued → SLURM restarts it
+    (same job id) after the urgent job → the unchanged command resumes from that checkpoint by itself and finishes at
+    the planned step, with the same losses and weights, bit for bit, as the same command run without interruption."""
     # save_steps 100: the only checkpoint before the end can be the one SIGTERM makes.
     flags = ("--max_steps", str(REQUEUE_STEPS), "--save_steps", "100")
     roots = {name: tmp_path / name for name in ("uninterrupted", "requeued")}
@@ -266,22 +266,24 @@ def test_sigterm_requeues_the_job_which_resumes_bit_exact(slurm_cluster, tmp_pat
     job_id = slurm_cluster.sbatch(
         ["--nodes=2", f"--output={root}/slurm-%j.out", str(LAUNCHER), ACCEL_CONFIG, str(root / "recipe.yaml"),
          *flags], env=env, cwd=REPO_ROOT)  # fmt: skip
-    # Both ranks are inside step 2 (its rewards): signal like the time-limit warning, to the batch script only.
+    # Both ranks are inside step 2 (its rewards): pre-empt the job.
     wait_for(lambda: marker.exists() and len(marker.read_text().splitlines()) >= 4, JOB_TIMEOUT, "step 2")
-    slurm_cluster.run(["scancel", "--batch", "--signal=TERM", job_id])
+    urgent = slurm_cluster.preempt()
     signalled = time.monotonic() - start
     info = slurm_cluster.wait(job_id, timeout=2 * JOB_TIMEOUT)
     wall = time.monotonic() - start
     report = job_report(root, job_id)
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), (info, report)
 
+    assert slurm_cluster.job_info(urgent)["JobState"] == "COMPLETED"
     batch_out = (root / f"slurm-{job_id}.out").read_text()
+    assert f"job {job_id} pre-empted at" in batch_out, batch_out
     assert "requeueing job" in batch_out and "restart 1 of job" in batch_out, batch_out
     logs = node_logs(root, job_id)
     assert_world_size_two(logs)
     resumed_at = set()
     for log in logs.values():
-        first, second = log.split("restart=1", 1)  # both runs append to the same per-node log
+        first, second = log.split(" restart=1\n")  # both runs append to the same per-node log
         assert "restart=0" in first and "Resuming training" not in first, first[-3000:]
         resumed_at |= {int(s) for s in re.findall(r"Resuming training from checkpoint with epoch \d+ and global step (\d+)\n", second)}  # fmt: skip
     (step,) = resumed_at  # both ranks resumed from the same step, saved on SIGTERM mid-run
@@ -297,6 +299,60 @@ def test_sigterm_requeues_the_job_which_resumes_bit_exact(slurm_cluster, tmp_pat
     assert list(losses) == list(range(1, REQUEUE_STEPS + 1))
     assert losses == ref_losses  # exact, including the steps trained after the restart
     diff = max_weight_diff(out, ref_out)
-    print(f"requeued job {job_id}: signalled at {signalled:.1f}s, stopped after step {step}, restarted, finished "
+    print(f"requeued job {job_id}: pre-empted at {signalled:.1f}s, stopped after step {step}, restarted, finished "
           f"step {REQUEUE_STEPS} in {wall:.1f}s (uninterrupted: {ref_wall:.1f}s); max |w - w_ref| = {diff}")  # fmt: skip
     assert diff == 0.0
+
+
+# Stand-in for `accelerate launch`: the first run waits for SIGTERM ("saves" and exits 0), a restart finishes at once.
+FAKE_ACCELERATE = """#!/bin/bash
+echo "FAKE_TRAIN restart=$SAPO_RESTART_COUNT args: $*"
+if [[ "$SAPO_RESTART_COUNT" != 0 ]]; then echo "FAKE_TRAIN finished"; exit 0; fi
+trap 'echo "FAKE_TRAIN got SIGTERM"; exit 0' TERM
+touch "$FAKE_READY.$SLURM_NODEID"
+for i in $(seq 1 1200); do sleep 0.1; done
+exit 3
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(JOB_TIMEOUT)
+@pytest.mark.parametrize(
+    ("scancel_flags", "requeued"),
+    [(["--batch"], True), ([], False)],
+    ids=["time-limit-warning-requeues", "user-stop-does-not"],
+)
+def test_launcher_requeues_on_time_limit_signal_but_not_on_user_stop(slurm_cluster, tmp_path, scancel_flags, requeued):
+    """`--signal=B:TERM@180` delivers SIGTERM to the batch script only (here: `scancel --batch`): the launcher passes
+    it to the training step, requeues, and the restart appends `--resume_from_checkpoint auto`. SIGTERM to the job
+    steps only (`scancel --signal=TERM <job>`, a user stopping the run) checkpoints and ends the job for good."""
+    fake = tmp_path / "fake_accelerate"
+    fake.write_text(FAKE_ACCELERATE)
+    fake.chmod(0o755)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: x\n")
+    ready = tmp_path / "ready"
+    env = {"LOG_DIR": str(tmp_path / "logs"), "GPUS_PER_NODE": "0", "ACCELERATE": str(fake), "FAKE_READY": str(ready)}
+    job_id = slurm_cluster.sbatch(
+        ["--nodes=2", f"--output={tmp_path}/slurm-%j.out", str(LAUNCHER), ACCEL_CONFIG, str(recipe),
+         "--resume_from_checkpoint", "out/checkpoint-7"], env=env, cwd=REPO_ROOT)  # fmt: skip
+    wait_for(lambda: all(Path(f"{ready}.{rank}").exists() for rank in (0, 1)), 60, "both nodes training")
+    slurm_cluster.run(["scancel", *scancel_flags, "--signal=TERM", job_id])
+    info = slurm_cluster.wait(job_id, timeout=JOB_TIMEOUT - 30)
+    batch_out = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", str(int(requeued))), (
+        info,
+        batch_out,
+    )
+    for rank in (0, 1):
+        log = (tmp_path / "logs" / job_id / f"node{rank}.log").read_text()
+        first, *rest = log.split(" restart=1\n")  # the launcher's header line of the restarted run
+        assert "FAKE_TRAIN got SIGTERM" in first, log  # the training step got the signal, and saved
+        assert ("requeueing job" in batch_out) == requeued, batch_out
+        if requeued:  # the restart continues from the latest checkpoint, not from the one named at submission
+            (second,) = rest
+            assert "--resume_from_checkpoint out/checkpoint-7 --resume_from_checkpoint auto" in second, second
+            assert "FAKE_TRAIN finished" in second, second
+        else:
+            assert rest == [], log
