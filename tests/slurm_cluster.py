@@ -132,6 +132,9 @@ class SlurmCluster:
             "AccountingStorageType=accounting_storage/none",
             "JobCompType=jobcomp/none",
             "SchedulerType=sched/backfill",
+            # A requeued job becomes eligible at a BeginTime no event announces; the backfill pass starts it (every
+            # 30 s by default).
+            "SchedulerParameters=bf_interval=3",
             "InactiveLimit=0",
             "KillWait=5",
             # Keep finished jobs visible to `scontrol show job` (no accounting database, so no sacct).
