@@ -65,39 +65,40 @@ def test_loss_overhead_smoke(tmp_path, smollm2_path):
     assert result["machine"]["torch"] and result["machine"]["device"] == "cpu"
 
 
-def test_learning_smoke_and_resume(tmp_path, smollm2_path):
+def test_learning_smoke_and_resume(tmp_path):
+    """benchmarks/learning.py --smoke: both arms on the copy task, per-step series, summaries, report, plot; a re-run
+    reuses finished runs (done.json) instead of training again."""
     out_dir, results_dir = tmp_path / "runs", tmp_path / "results"
     args = ["benchmarks/learning.py", "--smoke", "--output_dir", str(out_dir), "--results_dir", str(results_dir)]
-    _run(args, timeout=540)
-    result = json.loads((results_dir / "learning-smoke.json").read_text())
-    assert set(result["arms"]) == {"sapo", "grpo"}
-    assert (results_dir / "learning-smoke.md").read_text().startswith("# Learning benchmark")
+    _run(args, timeout=300)
+    result = json.loads((results_dir / "learning_copy-smoke.json").read_text())
+    arms = result["regimes"]["base"]["arms"]
+    assert set(arms) == {"sapo", "grpo"} and arms["sapo"]["seeds"] == [0]
+    assert "vs_grpo" in arms["sapo"] and "vs_grpo" not in arms["grpo"]
+    report = (results_dir / "learning_copy-smoke.md").read_text()
+    assert report.startswith("# Learning study") and "| Held-out score after training |" in report
+    assert (results_dir / "learning_copy-smoke.png").stat().st_size > 10_000
 
     for run in result["runs"]:
-        run_dir = out_dir / f"{run['arm']}-seed{run['seed']}"
-        assert (run_dir / "done.json").exists() and not list(run_dir.glob("checkpoint-*"))
-        assert run["steps"] == 2 and run["nonfinite_steps"] == []
-        assert 0.0 <= run["eval_after"]["accuracy"] <= 1.0
-        rows = [e for e in json.loads((run_dir / "log_history.json").read_text()) if "loss" in e]
-        assert len(rows) == 2
-        # rewards are logged on the generation step; step 2 trains on the buffered second half of the batch
-        assert "rewards/accuracy_reward/mean" in rows[0] and "rewards/format_reward/mean" in rows[0]
-        for row in rows:
-            assert math.isfinite(row["grad_norm"]) and row["kl_to_init"] >= 0.0
-            if run["arm"] == "sapo":
-                assert "sapo/ratio_max" in row and "clip_ratio/region_mean" not in row
-            else:
-                assert "clip_ratio/region_mean" in row and "sapo/ratio_max" not in row
-        # lr 1e-3 with a dense reward: the policy moves, so the probe KL after step 2 is > 0
-        assert rows[-1]["kl_to_init"] > 0.0
-        assert rows[-1]["grad_norm"] > 0.0
-    sapo_run = next(r for r in result["runs"] if r["arm"] == "sapo")
-    # off-policy regime: by the last step the ratio has left 1 (num_iterations=2 reuses the batch)
-    assert sapo_run["summary"]["ratio_max"]["max"] > 1.0
+        assert (out_dir / "base" / f"{run['arm']}-seed{run['seed']}" / "done.json").exists()
+        assert run["steps"] == 12 and run["nonfinite_steps"] == []
+        series = run["series"]
+        assert all(len(values) == 12 for values in series.values())
+        # reward: logged on the 3 generating steps (steps_per_generation=4), carried over the steps reusing them
+        assert all(0.0 <= r <= 1.0 for r in series["reward"])
+        assert series["reward"][:4] == [series["reward"][0]] * 4
+        assert all(math.isfinite(x) and x >= 0.0 for x in series["kl_to_init"] + series["step_kl"])
+        assert series["kl_to_init"][-1] > 0.0  # the policy moved
+        # the ratio is measured for both arms: exactly 1 on each rollout's first (on-policy) step, then off-policy
+        assert series["ratio_max"][0] == pytest.approx(1.0, abs=1e-4)
+        assert max(series["ratio_max"]) > 1.0
+        assert 0.0 <= run["eval_after"]["reward"] <= 1.0
 
-    # Re-running skips finished runs (done.json) and only re-aggregates: same per-run results.
-    marker = out_dir / "sapo-seed0" / "log_history.json"
-    marker.write_text("[]")  # a retrained run would rewrite its log
+    # Re-running skips finished runs and only re-aggregates: same per-run results.
+    marker = out_dir / "base" / "sapo-seed0" / "done.json"
+    record = json.loads(marker.read_text())
+    record["marker"] = True  # a retrained run would rewrite done.json without it
+    marker.write_text(json.dumps(record))
     _run(args, timeout=300)
-    again = json.loads((results_dir / "learning-smoke.json").read_text())
-    assert again["runs"] == result["runs"] and marker.read_text() == "[]"
+    again = json.loads((results_dir / "learning_copy-smoke.json").read_text())
+    assert next(r for r in again["runs"] if r["arm"] == "sapo")["marker"] is True
