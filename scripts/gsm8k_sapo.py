@@ -36,6 +36,9 @@ Multi-node (2 machines x 8 GPUs; run on each machine with its rank; under SLURM 
         scripts/gsm8k_sapo.py --config recipes/qwen2.5-1.5b-instruct_sapo.yaml
 
 GRPO baseline (same recipe, clipped objective): --config recipes/qwen2.5-0.5b-instruct_grpo.yaml
+
+Resume: run the same command again; it continues from the latest checkpoint in output_dir (and says so).
+`--resume_from_checkpoint true|false|auto|PATH` chooses explicitly (trl_sapo/checkpoints.py).
 CPU (no GPU needed; a few minutes): python scripts/gsm8k_sapo.py --config recipes/smollm2-135m_cpu_demo.yaml
 
 Precision: GRPOConfig turns bf16 on by default. On a machine without a bf16-capable accelerator this script defaults
