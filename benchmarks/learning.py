@@ -207,7 +207,14 @@ def gsm8k_task_setup(args, seed: int) -> dict:
             out[name] = result["accuracy"]
         return {"accuracy": sum(correct) / len(correct), "subsets": out, "correct": correct}
 
-    keys = ("max_completion_length", "temperature", "num_generations", "per_device_train_batch_size", "max_grad_norm")
+    keys = (
+        "max_completion_length",
+        "temperature",
+        "num_generations",
+        "per_device_train_batch_size",
+        "max_grad_norm",
+        "gradient_checkpointing",
+    )
     return {
         "model": AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
         "tokenizer": tokenizer,
@@ -379,19 +386,19 @@ def summarise_run(record: dict) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 # Aggregation and report
 # --------------------------------------------------------------------------------------------------------------------
-ROWS = (  # (label, summary key, higher is better?)
-    ("Held-out score after training", "heldout_after", True),
-    ("Mean training reward (sample efficiency)", "train_reward_mean", True),
-    ("Final training reward (last 20 % of steps)", "train_reward_final", True),
-    ("Steps until 20-step reward ≥ 0.8 (runs that got there)", "learned_at", False),
-    ("KL(π_θ‖π_0) at the end", "kl_to_init_final", None),
-    ("Per-step KL(π_{t-1}‖π_t), mean", "step_kl_mean", None),
-    ("Per-step KL, first 20 % of steps", "step_kl_early", None),
-    ("Entropy, second half", "entropy_final", None),
-    ("Grad norm, mean", "grad_norm_mean", None),
-    ("Grad norm, max", "grad_norm_max", None),
-    ("Max ratio r seen by the loss", "ratio_max", None),
-    ("Mean |log r| seen by the loss", "abs_log_ratio_mean", None),
+ROWS = (  # (label, summary key)
+    ("Held-out score after training", "heldout_after"),
+    ("Mean training reward (sample efficiency)", "train_reward_mean"),
+    ("Final training reward (last 20 % of steps)", "train_reward_final"),
+    ("Steps until 20-step reward ≥ 0.8 (runs that got there)", "learned_at"),
+    ("KL(π_θ‖π_0) at the end", "kl_to_init_final"),
+    ("Per-step KL(π_{t-1}‖π_t), mean", "step_kl_mean"),
+    ("Per-step KL, first 20 % of steps", "step_kl_early"),
+    ("Entropy, second half", "entropy_final"),
+    ("Grad norm, mean", "grad_norm_mean"),
+    ("Grad norm, max", "grad_norm_max"),
+    ("Max ratio r seen by the loss", "ratio_max"),
+    ("Mean |log r| seen by the loss", "abs_log_ratio_mean"),
 )
 
 
@@ -408,7 +415,7 @@ def aggregate(runs: list[dict]) -> dict:
         by_arm = {a: v for a, v in by_arm.items() if v}
         table = {}
         for arm, seeds in by_arm.items():
-            stats = {key: mean_ci([seeds[s]["summary"][key] for s in sorted(seeds)]) for _, key, _ in ROWS}
+            stats = {key: mean_ci([seeds[s]["summary"][key] for s in sorted(seeds)]) for _, key in ROWS}
             stats["heldout_before"] = mean_ci([seeds[s]["summary"]["heldout_before"] for s in sorted(seeds)])
             stats["collapses"] = sum(seeds[s]["summary"]["collapsed"] for s in seeds)
             stats["never_learned"] = sum(seeds[s]["summary"]["learned_at"] is None for s in seeds)
@@ -475,7 +482,7 @@ def markdown(result: dict, args) -> str:
             f"|---|{'---|' * len(arms)}",
             f"| Held-out score before training | {' | '.join(_fmt(table[a]['heldout_before']) for a in arms)} |",
         ]
-        for label, key, _ in ROWS:
+        for label, key in ROWS:
             lines.append(f"| {label} | {' | '.join(_fmt(table[a][key]) for a in arms)} |")
         for label, key in (
             ("Collapses (learned, then lost half the reward; or non-finite)", "collapses"),

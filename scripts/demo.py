@@ -82,7 +82,14 @@ def train(args, model_dir: Path, num_threads: int) -> float:
     print("-- training with SAPO:\n   " + " ".join(command), flush=True)
     start = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": str(num_threads)}
-    subprocess.run(command, check=True, cwd=REPO_ROOT, env=env)
+    # The progress bar (stderr) passes through; the per-step metric dicts Trainer prints to stdout are summarised
+    # in the report instead (they are all in <output_dir>/trainer_state.json).
+    with subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if not line.startswith("{'"):
+                print(line, end="", flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"training failed (exit status {proc.returncode}): {' '.join(command)}")
     return time.time() - start
 
 
@@ -142,6 +149,7 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     parser.add_argument("--num_eval_examples", type=int, default=128, help="held-out problems, split over subsets")
     parser.add_argument("--output_dir", default=str(REPO_ROOT / "outputs" / "demo"))
+    parser.add_argument("--model_name_or_path", default=None, help="default: SmolLM2-135M-Instruct (made offline)")
     args = parser.parse_args()
 
     import torch
@@ -152,7 +160,7 @@ def main() -> None:
     started = time.time()
     num_threads = pick_num_threads()
     torch.set_num_threads(num_threads)
-    model_dir = prepare_smollm2()
+    model_dir = Path(args.model_name_or_path) if args.model_name_or_path else prepare_smollm2()
     max_new_tokens = 128  # = the recipe's max_completion_length
     heldout = load_heldout_mix(args.num_eval_examples)
     print(f"== SAPO demo: {model_dir.name}, {num_threads} CPU thread(s), output {args.output_dir} ==", flush=True)
