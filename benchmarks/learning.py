@@ -506,6 +506,9 @@ def markdown(result: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+LOG_PANELS = ("ratio_max", "step_kl", "kl_to_init")
+
+
 def make_plot(runs: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -531,18 +534,23 @@ def make_plot(runs: list[dict], path: Path, title: str) -> None:
                 half = [s["ci95"] or 0.0 for s in stats]
                 steps = range(1, length + 1)
                 ax.plot(steps, mean, label=f"{arm} (n={len(curves)})", lw=1.4)
-                ax.fill_between(
-                    steps, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)], alpha=0.15
-                )
+                log_scale = key in LOG_PANELS  # keep the band's lower edge positive on a log axis
+                lower = [max(m - h, m / 10) if log_scale else m - h for m, h in zip(mean, half)]
+                ax.fill_between(steps, lower, [m + h for m, h in zip(mean, half)], alpha=0.15)
             ax.set_title(f"{regime}: {label}", fontsize=10)
             ax.set_xlabel("optimizer step")
-            if key in ("ratio_max", "step_kl", "kl_to_init"):
+            if key in LOG_PANELS:
                 ax.set_yscale("log")
         row[0].legend(fontsize=7)
     fig.suptitle(title + " — mean over seeds, 95 % CI band, 10-step moving average")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _round(x: float | None) -> float | None:
+    """4 significant digits: the per-step series in the results JSON, at a fraction of the size."""
+    return None if x is None else float(f"{x:.4g}")
 
 
 def write_report(args, runs: list[dict]) -> dict:
@@ -550,7 +558,8 @@ def write_report(args, runs: list[dict]) -> dict:
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = f"learning_{args.task}" + ("-smoke" if args.smoke else "")
-    (results_dir / f"{stem}.json").write_text(json.dumps({**result, "runs": runs}))
+    compact = [{**r, "series": {k: [_round(x) for x in v] for k, v in r["series"].items()}} for r in runs]
+    (results_dir / f"{stem}.json").write_text(json.dumps({**result, "runs": compact}))
     text = markdown(result, args)
     make_plot(runs, results_dir / f"{stem}.png", f"SAPO vs GRPO, task {args.task}")
     text += f"\n![learning curves]({stem}.png)\n"

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from trl_sapo.tools.offline import use_offline_mode
 
 use_offline_mode()
@@ -161,7 +163,7 @@ def main() -> None:
     num_threads = pick_num_threads()
     torch.set_num_threads(num_threads)
     model_dir = Path(args.model_name_or_path) if args.model_name_or_path else prepare_smollm2()
-    max_new_tokens = 128  # = the recipe's max_completion_length
+    max_new_tokens = yaml.safe_load(RECIPE.read_text())["max_completion_length"]  # the training budget
     heldout = load_heldout_mix(args.num_eval_examples)
     print(f"== SAPO demo: {model_dir.name}, {num_threads} CPU thread(s), output {args.output_dir} ==", flush=True)
     if Path(args.output_dir).exists():  # a demo is a fresh run: never resume or mix with an earlier demo
