@@ -119,7 +119,7 @@ def report(before: dict, after: dict, training: dict, times: dict) -> dict:
 
     summary = {"subsets": {}, "training": training, "wall_time_s": times}
     subsets = {**{k: k for k in before}, "all held-out problems": None}
-    print(f"\n{'':34s}{'before':>22s}{'after':>22s}{'gain (paired 95% CI)':>26s}")
+    print(f"\n{'':42s}{'before':>22s}{'after':>22s}{'gain (paired 95% CI)':>26s}")
     for name, key in subsets.items():
         b = before[key]["correct"] if key else [c for v in before.values() for c in v["correct"]]
         a = after[key]["correct"] if key else [c for v in after.values() for c in v["correct"]]
@@ -127,13 +127,13 @@ def report(before: dict, after: dict, training: dict, times: dict) -> dict:
         summary["subsets"][name] = {"before": block_b, "after": block_a, "gain": gain}
         label = f"accuracy, {name} (n={len(b)})"
         change = f"{gain['diff']:+.3f} ± {gain['ci95']:.3f}"
-        print(f"{label:34s}{_cell(block_b):>22s}{_cell(block_a):>22s}{change:>26s}")
+        print(f"{label:42s}{_cell(block_b):>22s}{_cell(block_a):>22s}{change:>26s}")
     for key, label in (("mean_completion_tokens", "mean completion tokens"), ("format_rate", "'#### N' final line")):
         vb = statistics.fmean(v[key] for v in before.values())
         va = statistics.fmean(v[key] for v in after.values())
-        print(f"{label:34s}{vb:>22.3f}{va:>22.3f}")
+        print(f"{label:42s}{vb:>22.3f}{va:>22.3f}")
     print(
-        f"\ntraining reward (accuracy, sampled at temperature 1): {training['reward_first_quarter']:.3f} in the first "
+        f"\ntraining reward (mean over each rollout's sampled completions): {training['reward_first_quarter']:.3f} in the first "
         f"quarter of the {training['steps']} steps -> {training['reward_last_quarter']:.3f} in the last quarter"
     )
     gate = training["sapo_metrics_mean"]
