@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from _reliability_helpers import (
     HELPER,
     REPO_ROOT,
@@ -78,11 +79,18 @@ def test_sigterm_saves_checkpoint_exits_zero_and_resumes_exactly(tiny_model_path
     assert not (checkpoint / "checkpoint-is-incomplete.txt").exists()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == stopped
 
-    # Resume (the next SLURM job) and compare with a run that was never interrupted.
-    resumed = tiny_trainer(tiny_model_path, tmp_path / "resumed", **CONFIG)
-    resumed.train(resume_from_checkpoint=str(checkpoint))
-    full = tiny_trainer(tiny_model_path, tmp_path / "full", **CONFIG)
-    full.train()
+    # Resume (the next SLURM job) and compare with a run that was never interrupted. One torch thread, as in the
+    # SIGTERMed subprocess: another thread count changes float32 reduction order, so bits (measured: 6e-8 in a loss,
+    # 2e-5 in the weights after Adam) would differ for reasons that have nothing to do with resuming.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resumed = tiny_trainer(tiny_model_path, tmp_path / "resumed", **CONFIG)
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+        full = tiny_trainer(tiny_model_path, tmp_path / "full", **CONFIG)
+        full.train()
+    finally:
+        torch.set_num_threads(threads)
     assert resumed.state.global_step == full.state.global_step == CONFIG["max_steps"]
     full_losses, resumed_losses = train_losses(full), train_losses(resumed)
     assert {s: result["losses"][str(s)] for s in (1, 2)} == pytest.approx({s: full_losses[s] for s in (1, 2)})
