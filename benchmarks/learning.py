@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -298,8 +299,6 @@ def run_one(args, regime: str, arm: str, seed: int) -> dict:
     record["summary"] = summarise_run(record)
     done.write_text(json.dumps(record))
     for ckpt in run_dir.glob("checkpoint-*"):  # checkpoints only serve resumption; done.json holds the results
-        import shutil
-
         shutil.rmtree(ckpt)
     return record
 
