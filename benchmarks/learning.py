@@ -8,7 +8,8 @@ objectives have the same gradient, so a comparison there would show nothing. Two
 - `--task copy` (default; power and stress): the controlled task of `trl_sapo.tools.copy_task` ("repeat the first
   digit", a 2-layer random-init Llama, ~25 ms per step on one core). Regimes: `base` (lr 1e-3, 4 optimizer steps
   per rollout, 150 steps), `reuse` (lr 1e-3, 8 steps per rollout × num_iterations 2 = 16 updates per rollout,
-  300 steps) and `stress` (as `reuse` at lr 3e-3). 10 seeds × 5 arms × 3 regimes take ~35 min on one CPU core.
+  300 steps) and `stress` (as `reuse` at lr 3e-3). 10 seeds × 5 arms × 3 regimes took 52 min on one
+  (shared) CPU core.
 - `--task gsm8k` (realism): SmolLM2-135M-Instruct trained with the `make demo` recipe
   (recipes/smollm2-135m_cpu_demo.yaml: data, reward, learning rate, batch, steps), only the objective changed;
   held-out accuracy by greedy decoding on the demo's problems (`trl_sapo.gsm8k.data.HELDOUT_MIX`).
@@ -137,7 +138,7 @@ class ProbeKLCallback(TrainerCallback):
         self.previous_logp = logp
 
 
-def probe_batch(tokenizer, texts: list[tuple[str, str]], pad_left: bool = True):
+def probe_batch(tokenizer, texts: list[tuple[str, str]]):
     """(input_ids, attention_mask, target_mask) for (prompt text, answer text) pairs, left-padded; target_mask marks
     the answer tokens."""
     ids, masks = [], []

@@ -8,8 +8,7 @@
    intervals (Wilson per accuracy; for the gain, a paired interval over the same problems), completion length, the
    training reward and SAPO's gate diagnostics. Everything is also written to `<output_dir>/summary.json`.
 
-    python scripts/demo.py                                  # the defaults `make demo` uses
-    python scripts/demo.py --max_steps 24 --num_eval_examples 256
+    python scripts/demo.py            # what `make demo` runs; --max_steps / --num_eval_examples / --output_dir
 """
 
 from __future__ import annotations
@@ -47,7 +46,6 @@ def pick_num_threads() -> int:
 
 def evaluate_model(model_path: str, heldout: dict, max_new_tokens: int, label: str) -> dict:
     """Greedy pass@1 per subset: {subset: {"correct": [bool], "format_rate", "mean_completion_tokens"}}."""
-    import torch
 
     from trl_sapo.gsm8k.evaluation import evaluate, load_model_for_eval
 
@@ -61,8 +59,6 @@ def evaluate_model(model_path: str, heldout: dict, max_new_tokens: int, label: s
             "format_rate": result["format_rate"],
             "mean_completion_tokens": result["mean_completion_tokens"],
         }
-    del model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return out
 
 
@@ -153,10 +149,13 @@ def main() -> None:
     parser.add_argument("--output_dir", default=str(REPO_ROOT / "outputs" / "demo"))
     parser.add_argument("--model_name_or_path", default=None, help="default: SmolLM2-135M-Instruct (made offline)")
     args = parser.parse_args()
+    from trl_sapo.gsm8k.data import HELDOUT_MIX, load_heldout_mix
+
+    if args.num_eval_examples < len(HELDOUT_MIX):
+        parser.error(f"--num_eval_examples must be >= {len(HELDOUT_MIX)} (one problem per held-out subset)")
 
     import torch
 
-    from trl_sapo.gsm8k.data import HELDOUT_MIX, load_heldout_mix
     from trl_sapo.tools.models import prepare_smollm2
 
     started = time.time()
