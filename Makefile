@@ -9,6 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 SMOLLM2 := models/SmolLM2-135M-Instruct/config.json
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup smollm2 slurm-setup test test-fast demo lint format clean
 
@@ -37,7 +38,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,14 +8,18 @@ objectives have the same gradient, so a comparison there would show nothing. Two
 - `--task copy` (default; power and stress): the controlled task of `trl_sapo.tools.copy_task` ("repeat the first
   digit", a 2-layer random-init Llama, ~25 ms per step on one core). Regimes: `base` (lr 1e-3, 4 optimizer steps
   per rollout, 150 steps), `reuse` (lr 1e-3, 8 steps per rollout × num_iterations 2 = 16 updates per rollout,
-  300 steps) and `stress` (as `reuse` at lr 3e-3). 10 seeds × 5 arms × 3 regimes took 52 min on one
-  (shared) CPU core.
-- `--task gsm8k` (realism): SmolLM2-135M-Instruct trained with the `make demo` recipe
-  (recipes/smollm2-135m_cpu_demo.yaml: data, reward, learning rate, batch, steps), only the objective changed;
-  held-out accuracy by greedy decoding on the demo's problems (`trl_sapo.gsm8k.data.HELDOUT_MIX`).
+  300 steps) and `stress` (as `reuse` at lr 3e-3). The 170 runs of the study took about an hour of training on one
+  (shared) CPU core (docs/results.md, generated from the JSON, has the measured times).
+- `--task gsm8k` (realism): a causal LM (default SmolLM2-135M-Instruct) trained on the `make demo` recipe's data and
+  reward, only the objective changed. Regimes: `demo` (the recipe's learning rate, 2 updates per rollout and step
+  count) and `reuse` (lr 1e-5, 8 updates per rollout, 32 steps). Held-out accuracy by greedy decoding on the demo's
+  128 problems (`trl_sapo.gsm8k.data.HELDOUT_MIX`: half in unseen phrasings, disjoint from training by
+  construction), per operation too. `--dataset`, `--model`, `--device cuda`, `--use_vllm`, `--max_completion_length`
+  and `--learning_rate` run the same study on real GSM8K with a larger model on a GPU (docs/results.md shows the
+  command).
 
 Per step every run records the training reward, entropy, grad norm, the ratio r = π_θ/π_old seen by the loss
-(max and mean |log r|, measured the same way for both arms), KL(π_θ‖π_0) and the per-step KL(π_{t-1}‖π_t) on a fixed
+(max and mean |log r|, measured the same way for both arms), KL(π_θ‖π_0) and the per-step KL(π_t‖π_{t-1}) on a fixed
 probe batch (held-out prompts + reference answers). Per run: held-out score before/after, the mean training reward
 (sample efficiency), steps to learn, collapse (reward learned then lost: final 20-step mean < half the peak, or any
 non-finite step). Per arm: mean ± 95 % t-interval over seeds, paired per-seed differences to `grpo` (same seed =
@@ -27,9 +31,10 @@ so an interrupted run restarts; a gsm8k run resumes from its last checkpoint), s
 continued, `nice`d in the background.
 
     python benchmarks/learning.py --smoke                                     # < 1 min, tiny settings
-    python benchmarks/learning.py --task copy --seeds 0 1 2 3 4 5 6 7 8 9     # the study (~25 min, 1 core)
-    python benchmarks/learning.py --task gsm8k --seeds 0 1                    # SmolLM2, the demo recipe
-    python benchmarks/learning.py --task copy --seeds 0 1 2 3 4 5 6 7 8 9 --report_only
+    python benchmarks/learning.py --task copy --seeds 0 1 2 3 4 5 6 7 8 9     # the study (~1 h, 1 core)
+    python benchmarks/learning.py --task gsm8k --seeds 0 1 2 3 4              # SmolLM2, both regimes (hours)
+    python benchmarks/learning.py --task copy --report_only                   # redraw the report from the runs
+                                                                              # (or, without them, the committed JSON)
 """
 
 from __future__ import annotations
@@ -74,9 +79,22 @@ REGIMES = {
         "reuse": {"learning_rate": 1e-3, "steps_per_generation": 8, "num_iterations": 2, "max_steps": 300},
         "stress": {"learning_rate": 3e-3, "steps_per_generation": 8, "num_iterations": 2, "max_steps": 300},
     },
-    "gsm8k": {"demo": None},  # the demo recipe's learning rate, steps per rollout and step count (demo_recipe)
+    "gsm8k": {
+        "demo": None,  # the demo recipe's learning rate, steps per rollout and step count (demo_recipe)
+        # heavy reuse: 4 optimizer steps per rollout x 2 passes = 8 updates per rollout, at a learning rate below the
+        # demo's (the copy task's `stress` regime shows what a high one does under reuse)
+        "reuse": {"learning_rate": 1e-5, "steps_per_generation": 4, "num_iterations": 2, "max_steps": 32},
+    },
 }
 SERIES = ("reward", "entropy", "grad_norm", "ratio_max", "abs_log_ratio", "kl_to_init", "step_kl")
+# Optional per-step series: the objective's own diagnostics (SAPO's gate or GRPO's clipping) and completion length.
+EXTRA_SERIES = {
+    "completion_length": "completions/mean_length",
+    "clip_ratio": "clip_ratio/region_mean",
+    "sapo_gate_mean": "sapo/gate_mean",
+    "sapo_grad_weight_mean": "sapo/grad_weight_mean",
+    "sapo_soft_clip_ratio": "sapo/soft_clip_ratio",
+}
 WINDOW = 20  # steps in the moving average that defines "learned", "final" and "collapsed" (copy task)
 
 
@@ -106,7 +124,7 @@ class RatioLoggingTrainer(SAPOTrainer):
 
 
 class ProbeKLCallback(TrainerCallback):
-    """After every optimizer step: KL(π_θ‖π_0) and KL(π_{t-1}‖π_t), token-level, exact over the vocabulary, averaged
+    """After every optimizer step: KL(π_θ‖π_0) and KL(π_t‖π_{t-1}), token-level, exact over the vocabulary, averaged
     over the answer positions of a fixed probe batch. π_0's log-probs are computed once (no second model)."""
 
     def __init__(self, trainer, input_ids, attention_mask, target_mask):
@@ -181,20 +199,36 @@ def demo_recipe() -> dict:
     return yaml.safe_load(DEMO_RECIPE.read_text())
 
 
+def gsm8k_heldout(args) -> dict:
+    """{subset: Dataset}: the demo's held-out mix (synthetic; half in unseen phrasings, disjoint from training by
+    construction), or the first --eval_examples problems of the test split of --dataset."""
+    from trl_sapo.gsm8k.data import load_gsm8k, load_heldout_mix
+
+    if args.dataset is None:
+        return load_heldout_mix(args.eval_examples)
+    test = load_gsm8k(args.dataset, split="test")
+    return {"test split": test.select(range(min(args.eval_examples, len(test))))}
+
+
 def gsm8k_task_setup(args, seed: int) -> dict:
-    """SmolLM2-135M-Instruct trained on the demo recipe's data and settings; held-out = the demo's problems."""
+    """A causal LM (default SmolLM2-135M-Instruct) trained on the demo recipe's data and settings, or on --dataset;
+    held-out = the demo's problems (or --dataset's test split). Seeds change the training problems' order (and, for
+    the synthetic data, which problems) and the sampling; the held-out problems are the same in every run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_sapo.gsm8k.data import load_gsm8k, load_heldout_mix, to_prompts
+    from trl_sapo.gsm8k.data import load_gsm8k, to_prompts
     from trl_sapo.gsm8k.evaluation import evaluate
     from trl_sapo.gsm8k.rewards import get_reward_funcs
+    from trl_sapo.gsm8k.synthetic import operations
     from trl_sapo.tools.models import prepare_smollm2
 
     recipe = demo_recipe()
     model_path = args.model or str(prepare_smollm2())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train = to_prompts(load_gsm8k(recipe["dataset_name"], split="train", num_examples=recipe["num_train_examples"]))
-    heldout = load_heldout_mix(args.eval_examples)
+    dataset = args.dataset or recipe["dataset_name"]
+    num_train = None if args.dataset else recipe["num_train_examples"]
+    train = to_prompts(load_gsm8k(dataset, split="train", num_examples=num_train, seed=seed))
+    heldout = gsm8k_heldout(args)
     first = next(iter(heldout.values()))
     probe = [
         (tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True), row["answer"])
@@ -202,21 +236,20 @@ def gsm8k_task_setup(args, seed: int) -> dict:
     ]
 
     def evaluate_model(model):
-        correct, out = [], {}
-        for name, dataset in heldout.items():
-            result = evaluate(model, tokenizer, dataset, batch_size=32, max_new_tokens=recipe["max_completion_length"])
+        correct, ops, out = [], [], {}
+        for name, problems in heldout.items():
+            result = evaluate(
+                model, tokenizer, problems, batch_size=args.eval_batch_size, max_new_tokens=args.eval_max_new_tokens
+            )
             correct += [p["correct"][0] for p in result["predictions"]]
+            ops += [operations(answer) for answer in problems["answer"]]
             out[name] = result["accuracy"]
-        return {"accuracy": sum(correct) / len(correct), "subsets": out, "correct": correct}
+        return {"accuracy": sum(correct) / len(correct), "subsets": out, "correct": correct, "operations": ops}
 
-    keys = (
-        "max_completion_length",
-        "temperature",
-        "num_generations",
-        "per_device_train_batch_size",
-        "max_grad_norm",
-        "gradient_checkpointing",
-    )
+    config = {k: recipe[k] for k in ("temperature", "max_grad_norm", "gradient_checkpointing") if k in recipe}
+    config["max_completion_length"] = args.max_completion_length
+    if args.device == "cuda":
+        config.update(bf16=True, use_vllm=args.use_vllm, vllm_mode="colocate", gradient_checkpointing=True)
     return {
         "model": AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
         "tokenizer": tokenizer,
@@ -224,7 +257,7 @@ def gsm8k_task_setup(args, seed: int) -> dict:
         "train": train,
         "probe": probe_batch(tokenizer, probe),
         "evaluate": evaluate_model,
-        "config": {k: recipe[k] for k in keys if k in recipe},
+        "config": config,
     }
 
 
@@ -260,8 +293,7 @@ def run_one(args, regime: str, arm: str, seed: int) -> dict:
         gradient_accumulation_steps=1,
         seed=seed,
         data_seed=seed,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=args.device == "cpu",
         logging_steps=1,
         logging_nan_inf_filter=False,  # keep non-finite losses visible in the log
         save_strategy="steps" if checkpointing else "no",
@@ -279,7 +311,8 @@ def run_one(args, regime: str, arm: str, seed: int) -> dict:
     )
     trainer.add_callback(ProbeKLCallback(trainer, *task["probe"]))
     start = time.time()
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(run_dir)) if checkpointing else None)
+    resume_from = get_last_checkpoint(str(run_dir)) if checkpointing else None
+    trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.time() - start
     history = [e for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e]
     eval_after = task["evaluate"](trainer.model)
@@ -289,10 +322,12 @@ def run_one(args, regime: str, arm: str, seed: int) -> dict:
         "arm": arm,
         "seed": seed,
         "steps": trainer.state.global_step,
-        "train_seconds": train_seconds,
+        "train_seconds": train_seconds,  # of this process only: a resumed run counts from its checkpoint
+        "resumed_from": resume_from and Path(resume_from).name,
         "eval_before": eval_before,
         "eval_after": eval_after,
         "series": {key: per_step_series(history, key) for key in SERIES},
+        "extra_series": {key: [e.get(name) for e in history] for key, name in EXTRA_SERIES.items()},
         "nonfinite_steps": [
             e["step"] for e in history if not (_finite(e.get("loss")) and _finite(e.get("grad_norm")))
         ],
@@ -311,20 +346,21 @@ def evaluate_before(args, task: dict) -> dict:
         return task["evaluate"](task["model"])
     path = Path(args.output_dir) / "eval_before.json"
     if not path.exists():
-        path.write_text(json.dumps(task["evaluate"](task["model"])))
+        path.write_text(json.dumps(task["evaluate"](task["model"].to(args.device))))
     return json.loads(path.read_text())
 
 
 def regime_settings(args, regime: str) -> dict:
-    """The regime's optimisation settings; --max_steps overrides the regime's step count."""
-    settings = dict(REGIMES[args.task][regime] or {})
-    if args.task == "gsm8k":
+    """The regime's optimisation settings (gsm8k `demo`: the demo recipe's); --max_steps / --learning_rate override."""
+    settings = REGIMES[args.task][regime]
+    if settings is None:
         recipe = demo_recipe()
-        settings.update(
-            {k: recipe[k] for k in ("learning_rate", "steps_per_generation", "num_iterations", "max_steps")}
-        )
+        settings = {k: recipe[k] for k in ("learning_rate", "steps_per_generation", "num_iterations", "max_steps")}
+    settings = dict(settings)
     if args.max_steps is not None:
         settings["max_steps"] = args.max_steps
+    if args.learning_rate is not None:
+        settings["learning_rate"] = args.learning_rate
     return settings
 
 
@@ -392,7 +428,7 @@ ROWS = (  # (label, summary key)
     ("Final training reward (last 20 % of steps)", "train_reward_final"),
     ("Steps until 20-step reward ≥ 0.8 (runs that got there)", "learned_at"),
     ("KL(π_θ‖π_0) at the end", "kl_to_init_final"),
-    ("Per-step KL(π_{t-1}‖π_t), mean", "step_kl_mean"),
+    ("Per-step KL(π_t‖π_{t-1}), mean", "step_kl_mean"),
     ("Per-step KL, first 20 % of steps", "step_kl_early"),
     ("Entropy, second half", "entropy_final"),
     ("Grad norm, mean", "grad_norm_mean"),
@@ -436,22 +472,78 @@ def aggregate(runs: list[dict]) -> dict:
             "tau_matching_grpo": {
                 key: tau_matching_grpo(table, key) for key in ("step_kl_early", "abs_log_ratio_mean")
             },
+            "tau_matching_grpo_per_seed": {
+                key: tau_matching_grpo_per_seed(by_arm, key) for key in ("step_kl_early", "abs_log_ratio_mean")
+            },
         }
     return out
 
 
-def tau_matching_grpo(table: dict, key: str) -> float | None:
-    """τ_pos at which SAPO's mean `key` (a per-step policy-change measure) equals GRPO's (ε = 0.2), by log-log
-    interpolation between the SAPO arms that bracket it; None when no pair brackets it."""
-    if "grpo" not in table or table["grpo"][key]["mean"] is None:
-        return None
-    target = table["grpo"][key]["mean"]
-    points = sorted((ARMS[a]["sapo_tau_pos"], t[key]["mean"]) for a, t in table.items() if a != "grpo")
+def _crossing(points: list[tuple[float, float]], target: float) -> float | None:
+    """τ at which a measure, given at sorted (τ, value) points, equals `target`, by log-log interpolation between the
+    first bracketing pair; None when no pair brackets it."""
     for (t0, k0), (t1, k1) in zip(points, points[1:]):
         if min(k0, k1) <= target <= max(k0, k1) and k0 != k1 and min(k0, k1, target) > 0:
             w = (math.log(target) - math.log(k0)) / (math.log(k1) - math.log(k0))
             return math.exp(math.log(t0) + w * (math.log(t1) - math.log(t0)))
     return None
+
+
+def tau_matching_grpo(table: dict, key: str) -> float | None:
+    """τ_pos at which SAPO's mean `key` (a per-step policy-change measure) equals GRPO's (ε = 0.2), over the arm means;
+    None when no pair of SAPO arms brackets it."""
+    if "grpo" not in table or table["grpo"][key]["mean"] is None:
+        return None
+    points = sorted((ARMS[a]["sapo_tau_pos"], t[key]["mean"]) for a, t in table.items() if a != "grpo")
+    return _crossing(points, table["grpo"][key]["mean"])
+
+
+def tau_matching_grpo_per_seed(by_arm: dict, key: str) -> dict:
+    """The same crossing seed by seed (each seed's SAPO arms against the same seed's GRPO run): {seed: τ or None},
+    the range over the seeds that cross, and the paired difference GRPO − the tightest τ."""
+    sapo_arms = sorted((a for a in by_arm if a != "grpo"), key=lambda a: ARMS[a]["sapo_tau_pos"])
+    if "grpo" not in by_arm or len(sapo_arms) < 2:
+        return {}
+    seeds = sorted(set(by_arm["grpo"]).intersection(*(by_arm[a] for a in sapo_arms)))
+    per_seed = {}
+    for seed in seeds:
+        points = [(ARMS[a]["sapo_tau_pos"], by_arm[a][seed]["summary"][key]) for a in sapo_arms]
+        per_seed[seed] = _crossing(points, by_arm["grpo"][seed]["summary"][key])
+    crossed = sorted(t for t in per_seed.values() if t is not None)
+    tightest = sapo_arms[-1]
+    return {
+        "per_seed": per_seed,
+        "range": [crossed[0], crossed[-1]] if crossed else None,
+        "median": statistics.median(crossed) if crossed else None,
+        "never_cross": len(seeds) - len(crossed),
+        "tau_tried": [ARMS[sapo_arms[0]]["sapo_tau_pos"], ARMS[tightest]["sapo_tau_pos"]],
+        "grpo_minus_tightest": paired_diff_ci(
+            [by_arm["grpo"][s]["summary"][key] for s in seeds], [by_arm[tightest][s]["summary"][key] for s in seeds]
+        ),
+    }
+
+
+def tau_match_sentence(tau_of_means: float | None, block: dict, key: str) -> str:
+    """The τ-ε match in words: the per-seed range first (the mean-curve crossing alone hides the seed spread)."""
+    per_seed = block.get("tau_matching_grpo_per_seed", {}).get(key)
+    of_means = "no pair of arm means brackets it" if tau_of_means is None else f"τ ≈ {tau_of_means:.2g}"
+    if not per_seed:
+        return f"{of_means} (log-log interpolation between the arm means)."
+    n, never = len(per_seed["per_seed"]), per_seed["never_cross"]
+    lo, hi = per_seed["tau_tried"]
+    if per_seed["range"]:
+        spread = (
+            f"per seed τ ≈ {per_seed['range'][0]:.2g}-{per_seed['range'][1]:.2g} (median {per_seed['median']:.2g}) on "
+            f"the {n - never} of {n} seeds that cross between τ {lo:g} and {hi:g} ({never} never do)"
+        )
+    else:
+        spread = f"no seed crosses between τ {lo:g} and {hi:g}"
+    diff = per_seed["grpo_minus_tightest"]
+    separable = diff["ci95"] is not None and abs(diff["mean"]) > diff["ci95"]
+    return (
+        f"{spread}; between the arm means {of_means}. GRPO − τ {hi:g}, paired: {diff['mean']:+.2g} ± "
+        f"{diff['ci95']:.2g} ({'separable' if separable else 'not separable'})."
+    )
 
 
 def _fmt(ms: dict, digits: int = 3) -> str:
@@ -501,8 +593,7 @@ def markdown(result: dict, args) -> str:
             for key in PAIRED_KEYS:
                 lines.append(f"| {key} | {' | '.join(_fmt_diff(table[a]['vs_grpo'][key]) for a in paired)} |")
         for key, tau in block["tau_matching_grpo"].items():
-            match = "none of the τ tried brackets it" if tau is None else f"**τ ≈ {tau:.2g}** (log-log interpolation)"
-            lines.append(f"\nτ_pos whose `{key}` equals GRPO's (ε = 0.2): {match}.")
+            lines.append(f"\nτ_pos whose `{key}` equals GRPO's (ε = 0.2): {tau_match_sentence(tau, block, key)}")
     return "\n".join(lines) + "\n"
 
 
@@ -580,22 +671,54 @@ def parse_args(argv=None):
         help="default: grpo and SAPO at τ 1, 2, 4, 8 (copy); grpo sapo (gsm8k)",
     )
     p.add_argument("--regimes", nargs="+", default=None, help="default: every regime of the task")
-    p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0-9")
     p.add_argument("--max_steps", type=int, default=None, help="override every regime's step count")
+    p.add_argument("--learning_rate", type=float, default=None, help="override every regime's learning rate")
     p.add_argument("--batch_size", type=int, default=None, help="completions per step; default 32 (copy), 16 (gsm8k)")
     p.add_argument("--num_generations", type=int, default=8)
     p.add_argument("--eval_examples", type=int, default=None, help="held-out problems; default 200 (copy), 128")
     p.add_argument("--num_probe", type=int, default=None, help="probe sequences for the KL metrics")
-    p.add_argument("--model", default=None, help="gsm8k: HF folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--model", default=None, help="gsm8k: HF folder or Hub id (default: SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="gsm8k: training data, e.g. ../shared/data/gsm8k or openai/gsm8k; "
+        "held-out = its test split (default: the demo recipe's synthetic problems and held-out mix)",
+    )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="gsm8k: cuda trains in bf16 autocast")
+    p.add_argument("--max_completion_length", type=int, default=None, help="gsm8k: default the demo recipe's (96)")
+    p.add_argument("--eval_max_new_tokens", type=int, default=None, help="gsm8k: default --max_completion_length")
+    p.add_argument("--eval_batch_size", type=int, default=32, help="gsm8k: held-out problems per generate call")
+    p.add_argument(
+        "--use_vllm",
+        default="false",
+        choices=["true", "false"],
+        help="gsm8k, cuda: generate rollouts with vLLM colocated on the GPU",
+    )
     p.add_argument("--save_steps", type=int, default=2, help="gsm8k: checkpoint interval (for resuming)")
     p.add_argument("--output_dir", default=None, help="per-run folders (default benchmarks/out/learning_<task>)")
     p.add_argument("--results_dir", default=None, help="default: docs/results (with --smoke: --output_dir)")
     p.add_argument("--report_only", action="store_true", help="no training: report the finished runs")
     p.add_argument("--smoke", action="store_true", help="copy task, 2 arms, 1 seed, 12 steps: a pipeline check")
     args = p.parse_args(argv)
+    args.chosen = {k: getattr(args, k) for k in ("regimes", "arms", "seeds") if getattr(args, k) is not None}
+    args.seeds = args.seeds or list(range(10))
     if args.smoke and args.task != "copy":
         p.error("--smoke runs the copy task")
     copy = args.task == "copy"
+    args.use_vllm = args.use_vllm == "true"
+    gsm8k_only = {"--dataset": args.dataset, "--model": args.model, "--max_completion_length": args.max_completion_length,
+                  "--eval_max_new_tokens": args.eval_max_new_tokens, "--use_vllm": args.use_vllm or None,
+                  "--device cuda": args.device == "cuda" or None}  # fmt: skip
+    if copy and (given := [k for k, v in gsm8k_only.items() if v is not None]):
+        p.error(f"{', '.join(given)}: gsm8k task only (add --task gsm8k)")
+    if args.device == "cuda" and not (args.report_only or torch.cuda.is_available()):
+        p.error("--device cuda: torch sees no CUDA device")
+    if args.use_vllm and args.device != "cuda":
+        p.error("--use_vllm true needs --device cuda")
+    if not copy:
+        args.max_completion_length = args.max_completion_length or demo_recipe()["max_completion_length"]
+        args.eval_max_new_tokens = args.eval_max_new_tokens or args.max_completion_length
     if args.smoke:
         args.seeds, args.max_steps, args.regimes = args.seeds[:1], 12, ["base"]
         args.arms = args.arms or ["grpo", "sapo"]
@@ -626,8 +749,15 @@ def main(argv=None) -> dict:
                 runs.append(json.loads(done.read_text()))
             continue
         runs.append(run_one(args, regime, arm, seed))
+    if not runs and args.report_only:
+        committed = Path(args.results_dir) / f"learning_{args.task}.json"
+        if not committed.exists():
+            raise SystemExit(f"no finished runs under {args.output_dir} and no {committed} to redraw the report from")
+        print(f"no finished runs under {args.output_dir}: redrawing the report from the committed {committed}")
+        chosen = lambda run: all(run[key[:-1]] in values for key, values in args.chosen.items())  # noqa: E731
+        runs = [run for run in json.loads(committed.read_text())["runs"] if chosen(run)]
     if not runs:
-        raise SystemExit(f"no finished runs under {args.output_dir}")
+        raise SystemExit(f"no finished runs under {args.output_dir} for {args.regimes} x {args.arms} x {args.seeds}")
     return write_report(args, runs)
 
 

@@ -5,15 +5,19 @@
 2. Trains with SAPO by running the project's script exactly as a user would:
    `python scripts/gsm8k_sapo.py --config recipes/smollm2-135m_cpu_demo.yaml --model_name_or_path ... --output_dir ...`
 3. Evaluates the trained model on the same problems and prints a short report: accuracy before/after with 95 %
-   intervals (Wilson per accuracy; for the gain, a paired interval over the same problems), completion length, the
-   training reward and SAPO's gate diagnostics. Everything is also written to `<output_dir>/summary.json`.
+   intervals (Wilson per accuracy; for the gain, a paired interval over the same problems), per operation
+   (+ - * /), completion length, the training reward and SAPO's gate diagnostics, and where this run's gain falls
+   among the recipe's measured seeds (docs/results/demo_seeds.json). Everything is also written to
+   `<output_dir>/summary.json`.
 
-    python scripts/demo.py            # what `make demo` runs; --max_steps / --num_eval_examples / --output_dir
+    python scripts/demo.py            # what `make demo` runs; --seed / --max_steps / --num_eval_examples / --output_dir
+    make demo DEMO_ARGS="--seed 3"    # the same, another training seed
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +35,7 @@ use_offline_mode()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPE = REPO_ROOT / "recipes" / "smollm2-135m_cpu_demo.yaml"
+SEED_STUDY = REPO_ROOT / "docs" / "results" / "demo_seeds.json"  # written by benchmarks/demo_seeds.py
 SAPO_METRICS = ("sapo/gate_mean", "sapo/grad_weight_mean", "sapo/soft_clip_ratio", "sapo/ratio_max")
 
 
@@ -45,9 +50,11 @@ def pick_num_threads() -> int:
 
 
 def evaluate_model(model_path: str, heldout: dict, max_new_tokens: int, label: str) -> dict:
-    """Greedy pass@1 per subset: {subset: {"correct": [bool], "format_rate", "mean_completion_tokens"}}."""
+    """Greedy pass@1 per subset: {subset: {"correct": [bool], "operations": [str], "format_rate",
+    "mean_completion_tokens"}}."""
 
     from trl_sapo.gsm8k.evaluation import evaluate, load_model_for_eval
+    from trl_sapo.gsm8k.synthetic import operations
 
     model, tokenizer = load_model_for_eval(model_path, dtype="float32", device="cpu")
     out = {}
@@ -56,6 +63,7 @@ def evaluate_model(model_path: str, heldout: dict, max_new_tokens: int, label: s
         result = evaluate(model, tokenizer, dataset, batch_size=32, max_new_tokens=max_new_tokens)
         out[name] = {
             "correct": [p["correct"][0] for p in result["predictions"]],
+            "operations": [operations(answer) for answer in dataset["answer"]],
             "format_rate": result["format_rate"],
             "mean_completion_tokens": result["mean_completion_tokens"],
         }
@@ -72,11 +80,12 @@ def accuracy_block(correct: list[bool]) -> dict:
 def train(args, model_dir: Path, num_threads: int) -> float:
     """Run scripts/gsm8k_sapo.py with the demo recipe in a subprocess (the user's command); returns its wall time."""
     command = [
-        sys.executable, str(REPO_ROOT / "scripts" / "gsm8k_sapo.py"), "--config", str(RECIPE),
+        sys.executable, str(REPO_ROOT / "scripts" / "gsm8k_sapo.py"), "--config", str(args.recipe),
         "--model_name_or_path", str(model_dir), "--output_dir", args.output_dir,
     ]  # fmt: skip
-    if args.max_steps is not None:
-        command += ["--max_steps", str(args.max_steps)]
+    for flag in ("seed", "max_steps"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag}", str(getattr(args, flag))]
     print("-- training with SAPO:\n   " + " ".join(command), flush=True)
     start = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": str(num_threads)}
@@ -110,15 +119,50 @@ def _cell(block: dict) -> str:
     return f"{block['accuracy']:.3f} [{block['ci95'][0]:.2f}, {block['ci95'][1]:.2f}]"
 
 
-def report(before: dict, after: dict, training: dict, times: dict) -> dict:
+def comparison_rows(before: dict, after: dict) -> dict[str, tuple[list[bool], list[bool]]]:
+    """{row label: (correct before, correct after)}: each subset, all problems, then each one-step operation."""
+    flat = lambda result, key: [x for v in result.values() for x in v[key]]  # noqa: E731
+    rows = {name: (before[name]["correct"], after[name]["correct"]) for name in before}
+    rows["all held-out problems"] = (flat(before, "correct"), flat(after, "correct"))
+    ops = flat(before, "operations")
+    for op in sorted(set(ops), key=lambda o: ("+-*/".find(o) % 5, o)):
+        pick = lambda correct: [c for c, o in zip(correct, ops) if o == op]  # noqa: E731,B023
+        rows[f"operation {op or '(none)'}"] = (
+            pick(rows["all held-out problems"][0]),
+            pick(rows["all held-out problems"][1]),
+        )
+    return rows
+
+
+def recipe_digest(path: Path) -> str:
+    """sha256 (16 hex digits) of a recipe file: the demo quotes a seed study only if it was made with this recipe."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def seed_context(gain: float, path: Path = SEED_STUDY) -> str | None:
+    """Where `gain` falls among the demo recipe's measured seeds (None when the study file is absent or was made with
+    another recipe)."""
+    if not path.exists():
+        return None
+    study = json.loads(path.read_text())
+    if study["recipe_sha256"] != recipe_digest(RECIPE):
+        return f"(docs/results/demo_seeds.json was measured with another version of {RECIPE.name}: no comparison)"
+    gains = sorted(run["gain"] for run in study["runs"])
+    below = sum(g < gain for g in gains)
+    dist = study["aggregate"]["gain"]
+    return (
+        f"this run's gain {gain:+.3f}; over {len(gains)} seeds of this recipe (docs/results/demo_seeds.md) the gain "
+        f"ranged {gains[0]:+.3f} .. {gains[-1]:+.3f}, mean {dist['mean']:+.3f} ± {dist['ci95']:.3f} (95 % t-interval); "
+        f"{below} of {len(gains)} seeds gained less than this run"
+    )
+
+
+def report(before: dict, after: dict, training: dict, times: dict, seed_study: bool = False) -> dict:
     from trl_sapo.tools.stats import paired_accuracy_diff
 
     summary = {"subsets": {}, "training": training, "wall_time_s": times}
-    subsets = {**{k: k for k in before}, "all held-out problems": None}
     print(f"\n{'':42s}{'before':>22s}{'after':>22s}{'gain (paired 95% CI)':>26s}")
-    for name, key in subsets.items():
-        b = before[key]["correct"] if key else [c for v in before.values() for c in v["correct"]]
-        a = after[key]["correct"] if key else [c for v in after.values() for c in v["correct"]]
+    for name, (b, a) in comparison_rows(before, after).items():
         block_b, block_a, gain = accuracy_block(b), accuracy_block(a), paired_accuracy_diff(b, a)
         summary["subsets"][name] = {"before": block_b, "after": block_a, "gain": gain}
         label = f"accuracy, {name} (n={len(b)})"
@@ -139,16 +183,28 @@ def report(before: dict, after: dict, training: dict, times: dict) -> dict:
         f"wall time: {times['total'] / 60:.1f} min (evaluation {times['eval_before'] + times['eval_after']:.0f} s, "
         f"training {times['train']:.0f} s)"
     )
+    context = seed_context(summary["subsets"]["all held-out problems"]["gain"]["diff"]) if seed_study else None
+    if context:
+        print(context)
     return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="training seed: model init, sampling and the synthetic "
+        "training problems (default: the recipe's); the held-out problems stay the same",
+    )
     parser.add_argument("--max_steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="training recipe (default: %(default)s)")
     parser.add_argument("--num_eval_examples", type=int, default=128, help="held-out problems, split over subsets")
     parser.add_argument("--output_dir", default=str(REPO_ROOT / "outputs" / "demo"))
     parser.add_argument("--model_name_or_path", default=None, help="default: SmolLM2-135M-Instruct (made offline)")
     args = parser.parse_args()
+    args.recipe = args.recipe.resolve()
     from trl_sapo.gsm8k.data import HELDOUT_MIX, load_heldout_mix
 
     if args.num_eval_examples < len(HELDOUT_MIX):
@@ -162,7 +218,7 @@ def main() -> None:
     num_threads = pick_num_threads()
     torch.set_num_threads(num_threads)
     model_dir = Path(args.model_name_or_path) if args.model_name_or_path else prepare_smollm2()
-    max_new_tokens = yaml.safe_load(RECIPE.read_text())["max_completion_length"]  # the training budget
+    max_new_tokens = yaml.safe_load(args.recipe.read_text())["max_completion_length"]  # the training budget
     heldout = load_heldout_mix(args.num_eval_examples)
     print(f"== SAPO demo: {model_dir.name}, {num_threads} CPU thread(s), output {args.output_dir} ==", flush=True)
     if Path(args.output_dir).exists():  # a demo is a fresh run: never resume or mix with an earlier demo
@@ -177,9 +233,16 @@ def main() -> None:
     times = {"eval_before": t1 - t0, "train": train_seconds, "eval_after": time.time() - t2}
     times["total"] = time.time() - started
 
-    summary = report(before, after, training_summary(args.output_dir), times)
-    summary.update(model=str(model_dir), recipe=str(RECIPE.relative_to(REPO_ROOT)), heldout_sources=HELDOUT_MIX)
-    summary["threads"] = num_threads
+    # The seed study's distribution applies only to the default demo (model, recipe, steps, held-out set).
+    comparable = args.model_name_or_path is None and args.recipe == RECIPE and args.max_steps is None
+    comparable = comparable and args.num_eval_examples == 128
+    summary = report(before, after, training_summary(args.output_dir), times, seed_study=comparable)
+    summary.update(model=str(model_dir), recipe=str(args.recipe), heldout_sources=HELDOUT_MIX)
+    summary.update(recipe_sha256=recipe_digest(args.recipe))
+    summary.update(
+        threads=num_threads,
+        seed=args.seed if args.seed is not None else yaml.safe_load(args.recipe.read_text())["seed"],
+    )
     path = Path(args.output_dir) / "summary.json"
     path.write_text(json.dumps(summary, indent=1))
     print(f"summary: {path}; trained model: {args.output_dir}")

@@ -3,6 +3,7 @@ and summary.json. (The real demo, SmolLM2 for 12 steps, takes ~15 minutes; its n
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -22,17 +23,26 @@ def test_demo_runs_the_script_and_writes_a_summary(tmp_path, tiny_model_path):
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier demo")  # a demo is a fresh run: the folder is replaced
     command = [sys.executable, "scripts/demo.py", "--model_name_or_path", str(tiny_model_path)]
-    command += ["--output_dir", str(out), "--max_steps", "2", "--num_eval_examples", "8"]
+    command += ["--output_dir", str(out), "--max_steps", "2", "--num_eval_examples", "8", "--seed", "3"]
     env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     assert "scripts/gsm8k_sapo.py --config" in proc.stdout and "recipes/smollm2-135m_cpu_demo.yaml" in proc.stdout
+    assert "--seed 3" in proc.stdout
     assert "{'loss'" not in proc.stdout  # per-step dicts are summarised, not printed
     assert "accuracy, all held-out problems (n=8)" in proc.stdout and "wall time:" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert not (out / "stale.txt").exists() and (out / "trainer_state.json").exists()
-    assert set(summary["subsets"]) == {"same kind as training", "unseen phrasings", "all held-out problems"}
+    operations = {f"operation {op}" for op in "+-*/"}
+    assert (
+        set(summary["subsets"]) == {"same kind as training", "unseen phrasings", "all held-out problems"} | operations
+    )
+    for op in operations:  # 8 held-out problems, 4 per subset: each operation once per subset
+        assert summary["subsets"][op]["before"]["n"] == 2 and f"accuracy, {op} (n=2)" in proc.stdout
+    assert (
+        summary["seed"] == 3 and "seeds of this recipe" not in proc.stdout
+    )  # no seed-study comparison for a tiny model
     everything = summary["subsets"]["all held-out problems"]
     assert everything["before"]["n"] == everything["after"]["n"] == 8
     for when in ("before", "after"):
@@ -46,3 +56,78 @@ def test_demo_runs_the_script_and_writes_a_summary(tmp_path, tiny_model_path):
         "eval_after",
         "total",
     }
+
+
+def _load(path: str):
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO_ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(seed: int, gains: dict[str, tuple[bool, bool]], digest: str = "abc") -> dict:
+    """A scripts/demo.py summary.json with the given (before, after) outcomes per report row."""
+    from trl_sapo.tools.stats import paired_accuracy_diff
+
+    subsets = {}
+    for name, outcomes in gains.items():
+        before, after = [b for b, _ in outcomes], [a for _, a in outcomes]
+        subsets[name] = {
+            "before": {"accuracy": sum(before) / len(before), "n": len(before)},
+            "after": {"accuracy": sum(after) / len(after), "n": len(after)},
+            "gain": paired_accuracy_diff(before, after),
+        }
+    return {"subsets": subsets, "threads": 2, "wall_time_s": {"total": 600.0}, "training": {}, "recipe_sha256": digest}
+
+
+def test_seed_study_aggregates_and_checks(tmp_path):
+    study = _load("benchmarks/demo_seeds.py")
+    improve, flat, worse = (
+        [(False, True)] * 2 + [(True, True)] * 2,
+        [(True, True)] * 4,
+        [(True, False)] + [(False, False)] * 3,
+    )
+    rows = [
+        study.per_seed_row(
+            0, _summary(0, {"all held-out problems": improve, "operation +": improve, "operation -": flat})
+        ),
+        study.per_seed_row(
+            1, _summary(1, {"all held-out problems": improve, "operation +": flat, "operation -": worse})
+        ),
+    ]
+    agg = study.aggregate(rows)
+    assert agg["gain"]["mean"] == pytest.approx(0.5) and agg["gain_min"] == agg["gain_max"] == pytest.approx(0.5)
+    assert agg["gain_by_row"]["operation -"]["mean"] == pytest.approx(-0.125)
+    assert agg["checks"]["every seed gains >= +0.05"] and agg["checks"]["mean gain >= +0.10"]
+    assert agg["checks"]["95 % interval of the mean excludes 0"]  # two equal gains: a zero-width interval
+    assert not agg["checks"]["no operation loses on average"]  # operation - lost on seed 1
+    mixed = study.aggregate(
+        [
+            rows[0],
+            study.per_seed_row(
+                2, _summary(2, dict.fromkeys(["all held-out problems", "operation +", "operation -"], flat))
+            ),
+        ]
+    )
+    assert mixed["gain"]["mean"] == pytest.approx(0.25) and not mixed["checks"]["every seed gains >= +0.05"]
+    assert not mixed["checks"]["95 % interval of the mean excludes 0"]  # 0.5 and 0.0: t_1 interval ~ ±3.2
+    text = study.markdown({"recipe": "r.yaml", "recipe_sha256": "abc", "runs": rows, "aggregate": agg})
+    assert "| 1 | 2 | 0.500 | 1.000 | **+0.500** | +0.000 | -0.250 | 10.0 |" in text
+    assert "| no operation loses on average | **no** |" in text
+
+
+def test_demo_quotes_the_seed_study_only_for_its_own_recipe(tmp_path):
+    demo = _load("scripts/demo.py")
+    path = tmp_path / "demo_seeds.json"
+    runs = [{"gain": g} for g in (0.06, 0.10, 0.20)]
+    study = {
+        "recipe_sha256": demo.recipe_digest(demo.RECIPE),
+        "runs": runs,
+        "aggregate": {"gain": {"mean": 0.12, "ci95": 0.18}},
+    }
+    path.write_text(json.dumps(study))
+    text = demo.seed_context(0.15, path)
+    assert "over 3 seeds of this recipe" in text and "+0.060 .. +0.200" in text and "2 of 3 seeds gained less" in text
+    path.write_text(json.dumps({**study, "recipe_sha256": "0" * 16}))
+    assert "another version" in demo.seed_context(0.15, path)
+    assert demo.seed_context(0.15, tmp_path / "absent.json") is None

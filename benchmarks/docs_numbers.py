@@ -1,0 +1,241 @@
+"""The numbers in README.md and docs/results.md come from the committed JSON, never from hand copies.
+
+Each generated block sits between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` markers; this script
+renders every block from docs/results/*.json and writes it in place. Words that rank two arms follow the paired 95 %
+interval mechanically (:func:`verdict`): an interval that excludes 0 names the arm ahead, one that does not says
+"not separable". `--check` changes nothing and exits 1 when a block differs from what the JSON gives (a test runs
+it, so text and data cannot drift).
+
+    python benchmarks/docs_numbers.py            # rewrite the blocks after a study or a report change
+    python benchmarks/docs_numbers.py --check    # what tests/test_docs_numbers.py runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "docs" / "results"
+DOCS = (REPO_ROOT / "README.md", REPO_ROOT / "docs" / "results.md")
+BLOCK_RE = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+
+def verdict(diff: dict, arm: str, base: str = "GRPO", higher_is_better: bool = True) -> str:
+    """'<arm> ahead' / '<base> ahead' when the paired 95 % interval of arm − base excludes 0, else 'not separable'
+    (and 'too few seeds to rank' below 3 pairs)."""
+    if diff.get("mean") is None or diff.get("ci95") is None:
+        return "n/a"
+    if diff.get("n", 3) < 3:  # two seeds: a t-interval with 1 degree of freedom (or zero width by coincidence)
+        return "too few seeds to rank"
+    if abs(diff["mean"]) <= diff["ci95"]:
+        return "not separable"
+    arm_higher = diff["mean"] > 0
+    return f"{arm if arm_higher == higher_is_better else base} ahead"
+
+
+def _ms(stats: dict, digits: int = 3) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    return f"{stats['mean']:.{digits}f}" + ("" if stats["ci95"] is None else f" ± {stats['ci95']:.{digits}f}")
+
+
+def _paired(diff: dict, arm: str, higher_is_better: bool = True) -> str:
+    word = verdict(diff, arm, higher_is_better=higher_is_better)
+    word = f"**{word}**" if word.endswith("ahead") else word
+    return f"{diff['mean']:+.3f} ± {diff['ci95']:.3f} ({diff['wins']}/{diff['n']}), {word}"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _study(name: str) -> tuple[dict, list[dict]] | None:
+    """(aggregate by regime, runs) of a learning study JSON, summaries recomputed by benchmarks/learning.py."""
+    import learning
+
+    data = _load(name)
+    if data is None:
+        return None
+    return learning.aggregate(data["runs"]), data["runs"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+def copy_headline() -> str:
+    agg, _ = _study("learning_copy.json")
+    arms = ("grpo", "sapo", "sapo-tau2", "sapo-tau4", "sapo-tau8")
+    label = {"grpo": "grpo", "sapo": "sapo (τ 1)"}
+    lines = [
+        "| regime | metric | " + " | ".join(label.get(a, a) for a in arms) + " |",
+        "|---|---|" + "---|" * len(arms),
+    ]
+
+    def paired(table: dict, key: str) -> Callable[[str], str]:
+        return lambda a: "" if a == "grpo" else _paired(table[a]["vs_grpo"][key], "SAPO")
+
+    for regime in ("base", "reuse", "stress"):
+        t = agg[regime]["arms"]
+        n = len(t["grpo"]["seeds"])
+        cells = {
+            "held-out score after": lambda a, t=t: _ms(t[a]["heldout_after"]),
+            "paired, held-out score": paired(t, "heldout_after"),
+            "mean training reward": lambda a, t=t: _ms(t[a]["train_reward_mean"]),
+            "paired, mean training reward": paired(t, "train_reward_mean"),
+            "steps until 20-step reward ≥ 0.8": lambda a, t=t: _ms(t[a]["learned_at"], 0),
+            "runs that never reached 0.8 training reward": lambda a, t=t, n=n: f"{t[a]['never_learned']}/{n}",
+            "per-step KL(π_t‖π_{t−1}), first 20 % of steps": lambda a, t=t: f"{t[a]['step_kl_early']['mean']:.2g}",
+            "mean \\|log r\\| seen by the loss": lambda a, t=t: f"{t[a]['abs_log_ratio_mean']['mean']:.2f}",
+            "entropy, second half": lambda a, t=t: f"{t[a]['entropy_final']['mean']:.2f}",
+            "non-finite steps / collapses": lambda a, t=t: f"{t[a]['nonfinite_steps']} / {t[a]['collapses']}",
+        }
+        for metric, cell in cells.items():
+            lines.append(f"| {regime} | {metric} | " + " | ".join(cell(a) for a in arms) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def copy_tau() -> str:
+    import learning
+
+    agg, _ = _study("learning_copy.json")
+    block = agg["base"]
+    sentence = learning.tau_match_sentence(block["tau_matching_grpo"]["step_kl_early"], block, "step_kl_early")
+    tau32 = block["arms"]["sapo-tau32"]
+    grpo = block["arms"]["grpo"]
+    return (
+        f"In the `base` regime, the τ at which SAPO's early per-step KL equals GRPO's (ε = 0.2): {sentence}\n"
+        f"Matching the step size does not match the learning: at τ 32 the mean training reward is "
+        f"{_ms(tau32['train_reward_mean'])} vs GRPO {_ms(grpo['train_reward_mean'])} (paired "
+        f"{_paired(tau32['vs_grpo']['train_reward_mean'], 'SAPO τ 32')}), held-out {_ms(tau32['heldout_after'])} vs "
+        f"{_ms(grpo['heldout_after'])} (paired {_paired(tau32['vs_grpo']['heldout_after'], 'SAPO τ 32')}). "
+        f"At τ 1 (the paper's default) the early per-step KL relative to GRPO's is, paired, "
+        f"{_paired_small(block['arms']['sapo']['vs_grpo']['step_kl_early'])}.\n"
+    )
+
+
+def _paired_small(diff: dict) -> str:
+    """A paired difference of a small quantity (KL), with which side is larger when the interval excludes 0."""
+    side = "not separable"
+    if abs(diff["mean"]) > diff["ci95"]:
+        side = "**SAPO larger**" if diff["mean"] > 0 else "**GRPO larger**"
+    return f"{diff['mean']:+.2g} ± {diff['ci95']:.2g} ({diff['wins']}/{diff['n']} seeds larger), {side}"
+
+
+def copy_timing() -> str:
+    _, runs = _study("learning_copy.json")
+    seconds = [r["train_seconds"] for r in runs]
+    return (
+        f"({len(runs)} runs of 150-300 steps, training {min(seconds):.1f}-{max(seconds):.0f} s per run, "
+        f"{sum(seconds) / 60:.0f} min in all, on one core shared with other work.)\n"
+    )
+
+
+def gsm8k_realism() -> str:
+    study = _study("learning_gsm8k.json")
+    if study is None:
+        return "*No runs recorded yet (docs/results/learning_gsm8k.json is absent).*\n"
+    agg, runs = study
+    lines = []
+    for regime, block in agg.items():
+        table = block["arms"]
+        if "grpo" not in table or "sapo" not in table:
+            continue
+        by = {(r["arm"], r["seed"]): r for r in runs if r["regime"] == regime}
+        seeds = sorted({s for a, s in by if a == "grpo"} & {s for a, s in by if a == "sapo"})
+        lines += [
+            f"\n**Regime `{regime}`** ({len(seeds)} paired seeds; held-out accuracy, greedy; before = the same "
+            "initial model in every run):\n",
+            "| seed | before | GRPO after | SAPO after | SAPO − GRPO | GRPO / SAPO mean training reward | minutes (GRPO / SAPO) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for s in seeds:
+            g, p = by["grpo", s], by["sapo", s]
+            lines.append(
+                f"| {s} | {g['summary']['heldout_before']:.3f} | {g['summary']['heldout_after']:.3f} | "
+                f"{p['summary']['heldout_after']:.3f} | {p['summary']['heldout_after'] - g['summary']['heldout_after']:+.3f} | "
+                f"{g['summary']['train_reward_mean']:.3f} / {p['summary']['train_reward_mean']:.3f} | "
+                f"{g['train_seconds'] / 60:.1f} / {p['train_seconds'] / 60:.1f} |"
+            )
+        vs = table["sapo"]["vs_grpo"]
+        lines += [
+            "",
+            f"- held-out after training: GRPO {_ms(table['grpo']['heldout_after'])}, SAPO "
+            f"{_ms(table['sapo']['heldout_after'])}; paired SAPO − GRPO {_paired(vs['heldout_after'], 'SAPO')} "
+            f"(in brackets: seeds on which SAPO is higher).",
+            f"- mean training reward (sample efficiency): paired {_paired(vs['train_reward_mean'], 'SAPO')}.",
+            f"- collapses (learned, then lost half the reward; or non-finite): GRPO {table['grpo']['collapses']}, "
+            f"SAPO {table['sapo']['collapses']}.",
+        ]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def demo_seeds(short: bool = False) -> str:
+    import demo_seeds as study
+
+    data = _load("demo_seeds.json")
+    if data is None:
+        return "*No seed study recorded yet (docs/results/demo_seeds.json is absent).*\n"
+    agg = data["aggregate"]
+    gain = agg["gain"]
+    ci = "" if gain["ci95"] is None else f" ± {gain['ci95']:.3f}"
+    headline = (
+        f"Over {len(data['runs'])} training seeds run through `make demo`, the held-out gain (all 128 problems) "
+        f"was min {agg['gain_min']:+.3f}, mean {gain['mean']:+.3f}{ci} (95 % t-interval over seeds), max "
+        f"{agg['gain_max']:+.3f}; {agg['minutes']['min']:.1f}-{agg['minutes']['max']:.1f} min per run."
+    )
+    if short:
+        ops = [n for n in agg["gain_by_row"] if n.startswith("operation ")]
+        per_op = ", ".join(f"{n.split()[1]} {agg['gain_by_row'][n]['mean']:+.3f}" for n in ops)
+        return f"{headline} Mean gain per operation: {per_op}.\n"
+    return headline + "\n\n" + study.markdown(data).split("\n", 2)[2]
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "copy-headline": copy_headline,
+    "copy-tau": copy_tau,
+    "copy-timing": copy_timing,
+    "gsm8k-realism": gsm8k_realism,
+    "demo-seeds": demo_seeds,
+    "demo-seeds-short": lambda: demo_seeds(short=True),
+}
+
+
+def render(text: str, cache: dict[str, str]) -> str:
+    def fill(match: re.Match) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            raise SystemExit(f"unknown generated block {name!r}; known: {sorted(BLOCKS)}")
+        if name not in cache:
+            cache[name] = BLOCKS[name]()
+        return match.group(1) + cache[name] + match.group(4)
+
+    return BLOCK_RE.sub(fill, text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
+    args = parser.parse_args(argv)
+    cache: dict[str, str] = {}
+    stale = []
+    for path in DOCS:
+        text = path.read_text()
+        new = render(text, cache)
+        if new != text:
+            stale.append(path.relative_to(REPO_ROOT))
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"out of date: {', '.join(map(str, stale))}; run python benchmarks/docs_numbers.py", file=sys.stderr)
+        return 1
+    print(("up to date: " if args.check or not stale else "rewrote: ") + ", ".join(map(str, stale or DOCS)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
