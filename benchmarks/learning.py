@@ -560,7 +560,37 @@ def _fmt_diff(d: dict) -> str:
     return f"{d['mean']:+.3g}{ci} ({d['wins']}/{d['n']} seeds better)"
 
 
-def markdown(result: dict, args) -> str:
+def _mean_of(values: list) -> float | None:
+    finite = [v for v in values if _finite(v)]
+    return statistics.fmean(finite) if finite else None
+
+
+def per_seed_lines(runs: list[dict], regime: str) -> list[str]:
+    """One row per (seed, arm): held-out before/after, training reward over the first and last quarter of the steps,
+    KL to the start, entropy, the objective's own diagnostics (gsm8k runs) and collapse."""
+    lines = [
+        "\nPer run (reward: mean over the first / last quarter of the steps; gate / clip: mean over steps):\n",
+        "| seed | arm | held-out before | after | reward first → last quarter | KL(π_θ‖π_0) end | entropy, 2nd half "
+        "| SAPO gate mean / soft-clipped share | GRPO clipped share | collapsed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in sorted((r for r in runs if r["regime"] == regime), key=lambda r: (r["seed"], r["arm"])):
+        summary, rewards = summarise_run(run), [x for x in run["series"]["reward"] if x is not None]
+        quarter = max(1, len(rewards) // 4)
+        extra = run.get("extra_series", {})
+        gate, soft = _mean_of(extra.get("sapo_gate_mean", [])), _mean_of(extra.get("sapo_soft_clip_ratio", []))
+        clip = _mean_of(extra.get("clip_ratio", []))
+        lines.append(
+            f"| {run['seed']} | {run['arm']} | {summary['heldout_before']:.3f} | {summary['heldout_after']:.3f} | "
+            f"{statistics.fmean(rewards[:quarter]):.3f} → {statistics.fmean(rewards[-quarter:]):.3f} | "
+            f"{summary['kl_to_init_final']:.3g} | {summary['entropy_final']:.3f} | "
+            + (f"{gate:.3f} / {soft:.3f}" if gate is not None else "")
+            + f" | {'' if clip is None else f'{clip:.3f}'} | {'yes' if summary['collapsed'] else 'no'} |"
+        )
+    return lines
+
+
+def markdown(result: dict, args, runs: list[dict] | None = None) -> str:
     lines = [f"# Learning study: SAPO vs GRPO clipping (task `{args.task}`)\n"]
     for regime, block in result["regimes"].items():
         table = block["arms"]
@@ -594,6 +624,8 @@ def markdown(result: dict, args) -> str:
                 lines.append(f"| {key} | {' | '.join(_fmt_diff(table[a]['vs_grpo'][key]) for a in paired)} |")
         for key, tau in block["tau_matching_grpo"].items():
             lines.append(f"\nτ_pos whose `{key}` equals GRPO's (ε = 0.2): {tau_match_sentence(tau, block, key)}")
+        if args.task == "gsm8k" and runs:
+            lines += per_seed_lines(runs, regime)
     return "\n".join(lines) + "\n"
 
 
@@ -651,7 +683,7 @@ def write_report(args, runs: list[dict]) -> dict:
     stem = f"learning_{args.task}" + ("-smoke" if args.smoke else "")
     compact = [{**r, "series": {k: [_round(x) for x in v] for k, v in r["series"].items()}} for r in runs]
     (results_dir / f"{stem}.json").write_text(json.dumps({**result, "runs": compact}))
-    text = markdown(result, args)
+    text = markdown(result, args, runs)
     make_plot(runs, results_dir / f"{stem}.png", f"SAPO vs GRPO, task {args.task}")
     text += f"\n![learning curves]({stem}.png)\n"
     (results_dir / f"{stem}.md").write_text(text)
