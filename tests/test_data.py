@@ -286,3 +286,38 @@ def test_alternate_phrasing_is_disjoint_from_the_standard_templates():
         load_gsm8k("synthetic:phrasing=poetic", split="test", num_examples=4)
     with pytest.raises(DataError, match="1-2 steps"):
         load_gsm8k("synthetic:num_steps=3,phrasing=alternate", split="test", num_examples=4)
+
+
+def test_synthetic_test_split_is_disjoint_by_construction():
+    """Every synthetic test question hashes into the test bucket and no other split's does, so no seed or size can
+    put a held-out question into training (the demo trains on other seeds than it evaluates)."""
+    from trl_sapo.gsm8k.synthetic import is_test_question
+
+    source = "synthetic:num_steps=1,max_value=20"
+    test = load_gsm8k(source, "test", num_examples=64)
+    assert all(map(is_test_question, test["question"])) and len(set(test["question"])) == 64
+    for seed in range(4):
+        train = load_gsm8k(source, "train", num_examples=256, seed=seed)
+        assert not any(map(is_test_question, train["question"]))
+        assert not set(train["question"]) & set(test["question"])
+
+
+@pytest.mark.parametrize("phrasing", ["standard", "alternate"])
+def test_one_step_operations_are_balanced(phrasing):
+    from trl_sapo.gsm8k.synthetic import operations
+
+    for split, n in (("train", 256), ("test", 64)):
+        dataset = generate_problems(n, seed=1, num_steps=1, max_value=20, phrasing=phrasing, split=split)
+        ops = [operations(a) for a in dataset["answer"]]
+        assert {op: ops.count(op) for op in "+-*/"} == dict.fromkeys("+-*/", n // 4)
+        for answer, op in zip(dataset["answer"], ops):  # the label is the operation the solution performs
+            _check_solution(answer, (1, 1))
+            assert f" {op} " in answer.splitlines()[0]
+
+
+def test_operations_reads_annotations_in_order():
+    from trl_sapo.gsm8k.synthetic import operations
+
+    assert operations("a <<3*4=12>>12 then <<12+5=17>>17\n#### 17") == "*,+"
+    assert operations("<<48/2=24>> <<-3+4=1>> <<(2-1)*3=3>>") == "/,-"  # a leading sign is not the operation
+    assert operations("#### 5") == "" and operations("<<" * 50_000) == ""
