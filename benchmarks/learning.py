@@ -706,8 +706,10 @@ def parse_args(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0-9")
     p.add_argument("--max_steps", type=int, default=None, help="override every regime's step count")
     p.add_argument("--learning_rate", type=float, default=None, help="override every regime's learning rate")
-    p.add_argument("--batch_size", type=int, default=None, help="completions per step; default 32 (copy), 16 (gsm8k)")
-    p.add_argument("--num_generations", type=int, default=8)
+    p.add_argument(
+        "--batch_size", type=int, default=None, help="completions per step; default 32 (copy), the recipe's"
+    )
+    p.add_argument("--num_generations", type=int, default=None, help="default 8 (copy), the demo recipe's (gsm8k)")
     p.add_argument("--eval_examples", type=int, default=None, help="held-out problems; default 200 (copy), 128")
     p.add_argument("--num_probe", type=int, default=None, help="probe sequences for the KL metrics")
     p.add_argument("--model", default=None, help="gsm8k: HF folder or Hub id (default: SmolLM2-135M-Instruct)")
@@ -759,7 +761,9 @@ def parse_args(argv=None):
     args.regimes = args.regimes or list(REGIMES[args.task])
     if unknown := set(args.regimes) - set(REGIMES[args.task]):
         p.error(f"unknown regime(s) {sorted(unknown)} for task {args.task}; choose from {list(REGIMES[args.task])}")
-    args.batch_size = args.batch_size or (32 if copy else 16)
+    recipe = {} if copy else demo_recipe()
+    args.batch_size = args.batch_size or (32 if copy else recipe["per_device_train_batch_size"])
+    args.num_generations = args.num_generations or (8 if copy else recipe["num_generations"])
     args.eval_examples = args.eval_examples or (200 if copy else 128)
     args.num_probe = args.num_probe or (64 if copy else 4)
     if args.batch_size % args.num_generations:
