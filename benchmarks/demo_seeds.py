@@ -63,6 +63,9 @@ def per_seed_row(seed: int, summary: dict) -> dict:
 def aggregate(rows: list[dict]) -> dict:
     names = list(rows[0]["gain_by_row"])
     by_row = {name: mean_ci([r["gain_by_row"][name] for r in rows]) for name in names}
+    accuracy_by_row = {
+        name: [sum(r["accuracy_by_row"][name][i] for r in rows) / len(rows) for i in (0, 1)] for name in names
+    }
     ops = [name for name in names if name.startswith("operation ")]
     gains = [r["gain"] for r in rows]
     minutes = [r["wall_time_s"] / 60 for r in rows]
@@ -79,6 +82,7 @@ def aggregate(rows: list[dict]) -> dict:
         "gain_min": min(gains),
         "gain_max": max(gains),
         "gain_by_row": by_row,
+        "mean_accuracy_by_row": accuracy_by_row,  # [before, after], mean over seeds
         "minutes": {"min": min(minutes), "max": max(minutes), "mean": sum(minutes) / len(minutes)},
         "checks": checks,
     }

@@ -189,9 +189,14 @@ def demo_seeds(short: bool = False) -> str:
         f"{agg['gain_max']:+.3f}; {agg['minutes']['min']:.1f}-{agg['minutes']['max']:.1f} min per run."
     )
     if short:
-        ops = [n for n in agg["gain_by_row"] if n.startswith("operation ")]
-        per_op = ", ".join(f"{n.split()[1]} {agg['gain_by_row'][n]['mean']:+.3f}" for n in ops)
-        return f"{headline} Mean gain per operation: {per_op}.\n"
+        lines = [headline, "", "| held-out problems | n | accuracy before → after (mean over seeds) | mean gain ± 95 % CI |",
+                 "|---|---|---|---|"]  # fmt: skip
+        n_by_row = data["runs"][0]["n_by_row"]
+        for name, g in agg["gain_by_row"].items():
+            before, after = agg["mean_accuracy_by_row"][name]
+            ci = "" if g["ci95"] is None else f" ± {g['ci95']:.3f}"
+            lines.append(f"| {name} | {n_by_row[name]} | {before:.3f} → {after:.3f} | {g['mean']:+.3f}{ci} |")
+        return "\n".join(lines) + "\n"
     return headline + "\n\n" + study.markdown(data).split("\n", 2)[2]
 
 

@@ -4,6 +4,7 @@ the words that rank two arms follow the paired interval."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,36 @@ def test_verdict_follows_the_interval(docs_numbers, mean, ci95, expected):
         "too few seeds to rank",
         "n/a",
     )
+
+
+def test_demo_seed_blocks_render_from_a_seed_study(docs_numbers, tmp_path, monkeypatch):
+    """benchmarks/demo_seeds.py --report_only over stored summaries -> demo_seeds.json -> the README's short block
+    (distribution and per-operation table) and the results page's full table."""
+    from trl_sapo.tools.stats import paired_accuracy_diff
+
+    rows = {"all held-out problems": 8, "operation +": 4, "operation -": 4}
+    for seed, gained in ((0, 2), (1, 3)):
+        subsets = {}
+        for name, n in rows.items():
+            before, after = [False] * n, [i < gained for i in range(n)]
+            subsets[name] = {
+                "before": {"accuracy": 0.0, "n": n},
+                "after": {"accuracy": sum(after) / n, "n": n},
+                "gain": paired_accuracy_diff(before, after),
+            }
+        run_dir = tmp_path / "runs" / f"seed{seed}"
+        run_dir.mkdir(parents=True)
+        summary = {"subsets": subsets, "threads": 1, "wall_time_s": {"total": 700.0}, "training": {}}
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "recipe_sha256": "f00"}))
+    results = tmp_path / "results"
+    spec = importlib.util.spec_from_file_location("demo_seeds", REPO_ROOT / "benchmarks" / "demo_seeds.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    study.main(["--seeds", "0", "1", "2", "--report_only", "--output_dir", str(tmp_path / "runs"),
+                "--results_dir", str(results)])  # fmt: skip
+    monkeypatch.setattr(docs_numbers, "RESULTS", results)
+    short = docs_numbers.demo_seeds(short=True)
+    assert "Over 2 training seeds" in short and "min +0.250, mean +0.312" in short and "max +0.375" in short
+    assert "| operation + | 4 | 0.000 → 0.625 | +0.625 ± " in short
+    full = docs_numbers.demo_seeds()
+    assert "| seed | threads | before | after | gain |" in full and "| every run <= 15 min | yes |" in full
