@@ -135,8 +135,10 @@ def comparison_rows(before: dict, after: dict) -> dict[str, tuple[list[bool], li
 
 
 def recipe_digest(path: Path) -> str:
-    """sha256 (16 hex digits) of a recipe file: the demo quotes a seed study only if it was made with this recipe."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    """sha256 (16 hex digits) of a recipe's settings (the parsed YAML, so comments do not count): the demo quotes a
+    seed study only if it was made with the same settings."""
+    settings = json.dumps(yaml.safe_load(path.read_text()), sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
 def seed_context(gain: float, path: Path = SEED_STUDY) -> str | None:
