@@ -74,38 +74,11 @@ _OPERATOR_AFTER_RE = re.compile(
     r"(?![a-zA-Z])|[eE][+\-]?\d|\.\s*\\overline)"
 )
 _TRAILING_COMMAND_RE = re.compile(r"\\([a-zA-Z]+)\s*\Z")
-_NEUTRAL_COMMANDS = frozenset(
-    [
-        "text",
-        "textbf",
-        "textit",
-        "textrm",
-        "textsf",
-        "mathrm",
-        "mathbf",
-        "mathit",
-        "mbox",
-        "boxed",
-        "fbox",
-        "displaystyle",
-        "textstyle",
-        "left",
-        "bigl",
-        "Bigl",
-        "approx",
-        "quad",
-        "qquad",
-        "colon",
-        "sim",
-        "simeq",
-        "to",
-        "Rightarrow",
-        "rightarrow",
-        "implies",
-        "therefore",
-        "equiv",
-    ]
-)
+_NEUTRAL_COMMANDS = frozenset({
+    "text", "textbf", "textit", "textrm", "textsf", "mathrm", "mathbf", "mathit", "mbox", "boxed", "fbox",
+    "displaystyle", "textstyle", "left", "bigl", "Bigl", "approx", "quad", "qquad", "colon", "sim", "simeq", "to",
+    "Rightarrow", "rightarrow", "implies", "therefore", "equiv",
+})  # fmt: skip
 _BINARY_OPERATOR_END_RE = re.compile(r"[\w)}][ \t]*[+\-\u2212*/\u00d7\u00f7\u00b7]\Z")
 _HEAVY_LATEX_RE = re.compile(r"\\(?:int|iint|iiint|oint|sum|prod|lim|infty|partial|overline)(?![a-zA-Z])")
 # format_reward: the last non-empty line must be exactly "#### <number>" (sign, thousands commas, decimals allowed).
