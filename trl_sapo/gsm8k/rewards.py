@@ -274,6 +274,7 @@ class _MathVerifyWorker:
         self._ready = False
         self._buffer = b""
         self._next_id = 0
+        self.last_status = ""  # of the last request: "ok", "timeout", "error" (see the worker), or "no reply"
 
     def start(self) -> None:
         """Start the subprocess in the background (no-op when it runs); returns at once."""
@@ -345,7 +346,9 @@ class _MathVerifyWorker:
                 reply = None
             if reply is None or reply.get("id") != self._next_id:
                 self._stop()
+                self.last_status = "no reply"
                 return False
+            self.last_status = reply["status"]
             return bool(reply["equal"])
 
 
@@ -379,7 +382,9 @@ def _math_verify_equal(reference: str, span: str) -> bool:
     """math_verify comparison of a reference number with a non-plain answer span (fractions, LaTeX, expressions)."""
     if not verifiable_span(span):
         return False
-    return _MATH_VERIFY.equal(reference, span if "\\" not in span or "$" in span else f"${span}$")
+    span = span.replace("**", "^")  # math_verify's LaTeX parser reads "2**2" as 2
+    latex = ("\\" in span or "{" in span) and "$" not in span  # "2^{10}", "\\sqrt{16}": math mode for the parser
+    return _MATH_VERIFY.equal(reference, f"${span}$" if latex else span)
 
 
 def answers_match(predicted_span: str | None, reference: str) -> bool:
