@@ -23,9 +23,10 @@ def generate(
     max_new_tokens: int,
     batch_size: int,
     seed: int = 0,
+    sources: tuple[str, ...] = ("synthetic_demo", "gsm8k_test"),
 ) -> list[dict]:
-    """Sample ``num_samples`` completions for ``num_questions`` prompts (half GSM8K test, half synthetic); write
-    them to ``path`` and return them."""
+    """Sample ``num_samples`` completions for ``num_questions`` prompts (split evenly over ``sources``: GSM8K test
+    questions, the demo's synthetic problems); write them to ``path`` and return them."""
     import torch
 
     from trl_sapo.gsm8k.data import SYSTEM_PROMPT, load_gsm8k
@@ -33,14 +34,16 @@ def generate(
 
     model, tokenizer = load_model_for_eval(model_path, dtype="float32", device="cpu")
     half = max(1, num_questions // 2)
-    sources = {
-        "synthetic_demo": load_gsm8k("synthetic:num_steps=1,max_value=20", "test", num_examples=num_questions - half),
-        "gsm8k_test": load_gsm8k(gsm8k_path, "test", num_examples=half, seed=seed),
+    datasets = {
+        "synthetic_demo": lambda n: load_gsm8k("synthetic:num_steps=1,max_value=20", "test", num_examples=n),
+        "gsm8k_test": lambda n: load_gsm8k(gsm8k_path, "test", num_examples=n, seed=seed),
     }
+    sizes = [half, num_questions - half] if len(sources) == 2 else [num_questions]
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     torch.manual_seed(seed)
-    for name, dataset in sources.items():
+    for name, size in zip(sources, sizes):
+        dataset = datasets[name](size)
         start = time.time()
         prompts = _render_prompts(tokenizer, dataset, SYSTEM_PROMPT, num_few_shot=0)
         texts, _ = _generate_transformers(
@@ -78,8 +81,11 @@ if __name__ == "__main__":
     parser.add_argument("--num_samples", type=int, default=2)
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=50)
+    parser.add_argument(
+        "--sources", nargs="+", default=["synthetic_demo", "gsm8k_test"], help="questions (split evenly)"
+    )
     args = parser.parse_args()
     generate(
         Path(args.output), args.model, args.gsm8k, args.num_questions, args.num_samples, args.max_new_tokens,
-        args.batch_size,
+        args.batch_size, sources=tuple(args.sources),
     )  # fmt: skip

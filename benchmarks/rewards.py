@@ -194,12 +194,12 @@ def adversarial_set(chars: int) -> list[dict]:
     ]
 
 
-def realistic_set(path: Path, limit: int | None) -> list[dict]:
+def realistic_set(paths: list[Path], limit: int | None) -> list[dict]:
     from _reward_completions import load
 
     from trl_sapo.gsm8k.rewards import reference_answer
 
-    rows = load(path)[:limit]
+    rows = [row for path in paths for row in load(path)][:limit]
     return [
         {
             "text": r["completion"],
@@ -289,7 +289,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", nargs=2, metavar=("IMPLEMENTATION", "THREAD"), help=argparse.SUPPRESS)
-    parser.add_argument("--completions", default=str(COMPLETIONS), help="cached realistic completions (JSON lines)")
+    parser.add_argument("--completions", nargs="+", default=[str(COMPLETIONS)], help="cached completions (JSON lines)")
     parser.add_argument("--generate", action="store_true", help="sample the realistic completions when not cached")
     parser.add_argument("--num_realistic", type=int, default=None, help="use the first N cached completions")
     parser.add_argument("--adversarial_chars", type=int, default=ADVERSARIAL_CHARS)
@@ -305,14 +305,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         realistic, args.adversarial_chars, args.timeout = smoke_set(), 2000, min(args.timeout, 3.0)
     else:
-        path = Path(args.completions)
-        if not path.exists():
+        paths = [Path(p) for p in args.completions]
+        if paths == [COMPLETIONS] and not COMPLETIONS.exists():
             if not args.generate:
-                parser.error(f"{path} not found: run with --generate once (samples SmolLM2-135M-Instruct on CPU)")
+                parser.error(
+                    f"{COMPLETIONS} not found: run with --generate once (samples SmolLM2-135M-Instruct on CPU)"
+                )
             from _reward_completions import generate
 
-            generate(path, str(REPO_ROOT / "models" / "SmolLM2-135M-Instruct"), str(REPO_ROOT.parent / "shared" / "data" / "gsm8k"), 500, 2, 96, 50)  # fmt: skip
-        realistic = realistic_set(path, args.num_realistic)
+            generate(COMPLETIONS, str(REPO_ROOT / "models" / "SmolLM2-135M-Instruct"), str(REPO_ROOT.parent / "shared" / "data" / "gsm8k"), 500, 2, 96, 50)  # fmt: skip
+        realistic = realistic_set(paths, args.num_realistic)
     sets = {"realistic": realistic, "adversarial": adversarial_set(args.adversarial_chars)}
     result: dict = {"args": vars(args), "sets": {}}
     result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"  # fmt: skip
