@@ -48,7 +48,7 @@ MAX_EXPONENT = 1_000_000  # |exponent| of a number written in scientific notatio
 MAX_VERIFY_CHARS = 1000  # longest answer span handed to math_verify
 MAX_VERIFY_DIGITS = 30  # longest digit run in a span handed to math_verify
 MAX_VERIFY_NESTING = 10  # deepest ({[ nesting in a span handed to math_verify
-MATH_VERIFY_TIME_LIMIT_S = 0.5  # hard limit per math_verify comparison (subprocess killed beyond it)
+MATH_VERIFY_TIME_LIMIT_S = 0.6  # hard limit per math_verify comparison (subprocess killed beyond it)
 
 # A number as written in a solution: optional sign (a "-" glued to a word or ")" is subtraction, not a sign),
 # either comma-grouped thousands ("1,000") or plain digits, an optional decimal part, or a bare ".5".
@@ -143,8 +143,8 @@ def _first_number_match(span: str) -> tuple[str | None, int, int]:
     fraction = _FRACTION_RE.match(span, prefix.start()) if prefix is not None else None
     fraction = fraction or _FRACTION_RE.match(span, number.start())
     if fraction is not None:
-        groups = [g for g in fraction.groups() if g is not None]
-        value = _evaluate_fraction(normalize_number(groups[0]), normalize_number(groups[1]))
+        numerator, denominator = (normalize_number(g) for g in fraction.groups() if g is not None)
+        value = _evaluate_fraction(numerator, denominator) if numerator and denominator else None
         return value, fraction.start(), fraction.end()
     return normalize_number(number.group(0)), number.start(), number.end()
 
@@ -158,10 +158,10 @@ def _stands_alone(span: str, start: int, end: int) -> bool:
     """Whether the number at ``span[start:end]`` is a value on its own, not part of an expression that changes it:
     not followed by an operator (``2^10``, ``2 + 3``, ``1e5``, ``3!``, ``0.\\overline{3}``), not an argument
     (``\\sqrt{4}``, ``\\frac{1}{\\frac{1}{2}}``, ``x^2``, ``\\log 100``), not the right operand of ``x - 5``.
-    Looks at a bounded window around the number (after skipping blanks), so it is O(1) but for those blanks."""
+    Linear in the blanks and "(" around the number, constant otherwise (64 characters before it are looked at)."""
     if _OPERATOR_AFTER_RE.match(span, end):
         return False
-    head = span[max(0, start - 256) : start].rstrip(" \t\n(")[-64:]
+    head = span[:start].rstrip(" \t\n(")[-64:]
     if head.endswith(("^", "_", "\u221a", "\u221b", "\u221c")):
         return False
     if head.endswith(("{", "[")):
@@ -265,7 +265,7 @@ class _MathVerifyWorker:
 
     SCRIPT = Path(__file__).with_name("_math_verify_worker.py")
     STARTUP_TIMEOUT_S = 300.0  # importing sympy + math_verify: ~1-3 s, much longer on an overloaded machine
-    REPLY_MARGIN_S = 0.3
+    REPLY_MARGIN_S = 0.25
 
     def __init__(self):
         self._lock = threading.Lock()
