@@ -226,6 +226,10 @@ def test_200k_character_texts(seed, at_end, marker):
         ("#### x - 5", ["5"], (0.0,)),
         ("#### 3!", ["3"], (0.0,)),
         ("#### 5 apples and 18 pears", ["18", "5"], (0.0, 1.0)),
+        # SmolLM2 completions the former first-number rule rewarded for the wrong reference
+        ("The answer is 14 + 2 = 16 dollars.", ["14", "16"], (0.0, 1.0)),
+        ("so the answer is x + 4 dollars", ["4"], (0.0,)),
+        ("So, the answer is 5 - 4 = 1 sticker.", ["5", "1"], (0.0, 1.0)),
         ("#### 1.00000000000000000000000000001", ["1"], (0.0,)),  # exact: no 28-digit Decimal rounding
         ("\\boxed{\\dfrac{2}{6}}", ["0.333333"], (1.0,)),  # math_verify's tolerance for rounded references
     ],

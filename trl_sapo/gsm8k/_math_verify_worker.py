@@ -44,15 +44,11 @@ def _squash(text: str) -> str:
 
 def _covers(span: str, extracted: str) -> bool:
     """Whether math_verify's extracted expression is the whole answer span: the span itself, up to units in words
-    (``1/3 cup``), or the right-hand side of an equation (``18 - 2 = 16``). math_verify picks the last number-like
+    (``1/3 cup``), or the right-hand side of an equation (``5 - 4 = 1 sticker``). math_verify picks the last number-like
     piece it recognizes, so ``1e5`` reads as 1, ``3!`` as 3 and ``x - 5`` as 5: accepting those would reward them
     for the answers 1, 3 and 5 (false positives)."""
     span, extracted = _squash(span), _squash(extracted)
-    if not extracted:
-        return False
-    if span == extracted or span.endswith("=" + extracted):
-        return True
-    return span.startswith(extracted) and re.fullmatch(r"[A-Za-z.,]*", span[len(extracted) :]) is not None
+    return bool(extracted) and re.fullmatch(rf"(?:.*=)?{re.escape(extracted)}[A-Za-z.,]*", span) is not None
 
 
 def _compare(gold: str, pred: str) -> bool:
