@@ -254,6 +254,13 @@ def markdown(result: dict) -> str:
         f"call; time measured inside the reward's own process; a call not done within {result['args']['timeout']} s "
         "is killed and counted as a timeout (its time is then that limit).",
         "",
+        f"Command: `{result.get('command', 'python benchmarks/rewards.py')}`",
+        "",
+        "Realistic set: SmolLM2-135M-Instruct samples (T = 0.8, at most 96 new tokens, the project's system prompt; "
+        "`benchmarks/_reward_completions.py`) per source: "
+        + ", ".join(f"{k} {v}" for k, v in result["sets"]["realistic"].get("sources", {}).items())
+        + ". TRL's reward gets the reference number as `solution`, ours the GSM8K `answer` column.",
+        "",
         "| set | reward | thread | n | median ms | p99 ms | max ms | timeouts | mean reward |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -316,7 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
             generate(COMPLETIONS, str(REPO_ROOT / "models" / "SmolLM2-135M-Instruct"), str(REPO_ROOT.parent / "shared" / "data" / "gsm8k"), 500, 2, 96, 50)  # fmt: skip
         realistic = realistic_set(paths, args.num_realistic)
     sets = {"realistic": realistic, "adversarial": adversarial_set(args.adversarial_chars)}
-    result: dict = {"args": vars(args), "sets": {}}
+    command = " ".join(["python benchmarks/rewards.py", *(sys.argv[1:] if argv is None else argv)])
+    result: dict = {"args": vars(args), "command": command, "sets": {}}
     result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"  # fmt: skip
     result["json_name"] = Path(args.output).name
     for set_name, rows in sets.items():
