@@ -19,7 +19,14 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from .data import FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, build_prompt, validate
-from .rewards import answer_span, answers_match, extract_final_answer, format_reward, reference_answer
+from .rewards import (
+    answer_span,
+    answers_match,
+    extract_final_answer,
+    format_reward,
+    reference_answer,
+    start_math_verify_worker,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -198,7 +205,8 @@ def evaluate(
     Returns ``{"accuracy", "pass@1", "pass@k" (k > 1 only), "format_rate", "num_examples", "num_samples",
     "mean_completion_tokens", "predictions"}``; ``accuracy == pass@1`` (mean over all samples), ``format_rate`` is
     the mean ``format_reward`` and each prediction is ``{question, reference, completions, extracted, correct}``
-    (lists over samples). With ``use_vllm=True``, ``model`` is a ``vllm.LLM`` or a model path.
+    (lists over samples). With ``use_vllm=True``, ``model`` is a ``vllm.LLM`` or a model path. Scoring uses the
+    rewards' extraction and comparison, total and bounded on any completion text (``trl_sapo.gsm8k.rewards``).
     """
     if batch_size < 1 or max_new_tokens < 1 or num_samples < 1:
         raise ValueError(
@@ -211,6 +219,7 @@ def evaluate(
             "num_samples > 1 with greedy decoding (temperature=0) gives identical samples; set temperature"
         )
     dataset = validate(dataset, source="evaluation dataset")
+    start_math_verify_worker()  # ready by the time generation is done (scoring is total and bounded per completion)
     prompts = _render_prompts(tokenizer, dataset, system_prompt, num_few_shot)
     torch.manual_seed(seed)
     sampling = dict(max_new_tokens=max_new_tokens, num_samples=num_samples, temperature=temperature, top_p=top_p)
