@@ -200,7 +200,20 @@ def demo_seeds(short: bool = False) -> str:
     return headline + "\n\n" + study.markdown(data).split("\n", 2)[2]
 
 
+def rewards() -> str:
+    """The reward benchmark's timing table and summary (benchmarks/rewards.py's own markdown, from rewards.json)."""
+    data = _load("rewards.json")
+    if data is None:
+        return "*No reward benchmark recorded yet (docs/results/rewards.json is absent).*\n"
+    import rewards as reward_benchmark  # benchmarks/rewards.py
+
+    text = reward_benchmark.markdown(data)
+    table = text[text.index("| set |") : text.index("\n\n", text.index("| set |"))]
+    return table + "\n\n" + "\n".join(f"- {line}" for line in data["summary_lines"]) + "\n"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "rewards": rewards,
     "copy-headline": copy_headline,
     "copy-tau": copy_tau,
     "copy-timing": copy_timing,

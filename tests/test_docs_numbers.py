@@ -23,7 +23,7 @@ def docs_numbers():
 def test_generated_blocks_match_the_committed_json(docs_numbers, capsys):
     assert docs_numbers.main(["--check"]) == 0, capsys.readouterr().err
     blocks = {m["name"] for path in docs_numbers.DOCS for m in docs_numbers.BLOCK_RE.finditer(path.read_text())}
-    assert {"copy-headline", "copy-tau", "copy-timing", "gsm8k-realism"} <= blocks
+    assert {"copy-headline", "copy-tau", "copy-timing", "gsm8k-realism", "rewards", "demo-seeds"} <= blocks
 
 
 def test_a_stale_block_is_detected_and_rewritten(docs_numbers, tmp_path, monkeypatch):
