@@ -46,8 +46,9 @@ def tiny_dataset(n: int = 16):
 
 def tiny_config(output_dir, config_cls=None, **overrides):
     """SAPOConfig (or `config_cls`) for a few fast, deterministic CPU steps (float32, sampling with fixed seeds)."""
+    from helpers import CPU_TRAINING_KWARGS
+
     from trl_sapo import SAPOConfig
-    from trl_sapo.tools.testing import CPU_TRAINING_KWARGS
 
     kwargs = dict(
         output_dir=str(output_dir),
@@ -279,6 +280,8 @@ def main(argv=None) -> None:
     trainer.add_callback(Pace())
     try:
         trainer.train(resume_from_checkpoint=a.resume)
+        if trainer.preempted:
+            print("preempted: exiting without the post-training work", flush=True)
     finally:
         if a.result:
             weights = trainable_state(trainer)

@@ -67,7 +67,7 @@ def _load(path: str):
 
 def _summary(seed: int, gains: dict[str, tuple[bool, bool]], digest: str = "abc") -> dict:
     """A scripts/demo.py summary.json with the given (before, after) outcomes per report row."""
-    from trl_sapo.tools.stats import paired_accuracy_diff
+    from tools.stats import paired_accuracy_diff
 
     subsets = {}
     for name, outcomes in gains.items():

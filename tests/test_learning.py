@@ -1,7 +1,7 @@
 """End-to-end learning: the trainer's gradient points the right way, for both objectives.
 
 Numeric parity with TRL (test_trainer.py) cannot show that training improves a policy; this does. On the controlled
-copy task (trl_sapo.tools.copy_task: a random-init 2-layer Llama must learn to repeat the first prompt digit), both
+copy task (tools.copy_task: a random-init 2-layer Llama must learn to repeat the first prompt digit), both
 arms raise the training reward and the held-out greedy score by a wide margin within 200 off-policy steps, and a
 control trained on shuffled rewards (same data, same steps, no information in the reward) does not.
 """
@@ -12,8 +12,8 @@ import random
 
 import pytest
 
+from tools import copy_task
 from trl_sapo import SAPOConfig, SAPOTrainer
-from trl_sapo.tools import copy_task
 
 STEPS = 200
 

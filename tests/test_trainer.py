@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 from datasets import Dataset
+from helpers import CPU_TRAINING_KWARGS
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer, TrlParser
 
 from trl_sapo import SAPOConfig, SAPOTrainer
-from trl_sapo.tools.testing import CPU_TRAINING_KWARGS
 
 COMMON = {**CPU_TRAINING_KWARGS, "max_completion_length": 6}
 

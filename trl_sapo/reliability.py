@@ -33,8 +33,9 @@ Resume (`save_rollout_state` / `load_rollout_state`)
 
 Pre-emption (`PreemptionCallback`, `SAPOConfig.save_on_sigterm`)
     SIGTERM (SLURM's warning before SIGKILL, Kubernetes' shutdown) sets a flag; at the next optimizer-step boundary
-    the ranks all-reduce it, save a full checkpoint (rollouts included) and stop; `train()` then exits the process
-    with status 0 so that no post-training code runs inside the grace period. Further SIGTERMs are ignored (torchrun
+    the ranks all-reduce it, save a full checkpoint (rollouts included) and stop; `train()` returns with
+    `trainer.preempted` True, and the entry point (`trl_sapo.gsm8k.train.main`) exits with status 0 at once so that
+    no post-training code runs inside the grace period. Further SIGTERMs are ignored (torchrun
     forwards SLURM's signal a second time); the hard stop is SIGKILL. Under `accelerate launch`/torchrun the agent
     SIGKILLs its workers 30 s after forwarding a SIGTERM, so the step in progress plus the save must fit in 30 s.
     Compared with transformers' `enable_jit_checkpoint`: no 3 s per-rank timer (ranks could stop at different steps),
@@ -449,8 +450,8 @@ class ReliabilityConfigMixin:
     Parameters:
         save_on_sigterm (`bool`, *optional*, defaults to `True`):
             On SIGTERM (SLURM's warning before SIGKILL), finish the current optimizer step on every rank, save a
-            checkpoint that includes the buffered rollouts, and exit with status 0; resume with
-            `resume_from_checkpoint=True`. Replaces transformers' `enable_jit_checkpoint`. Give the job a grace
+            checkpoint that includes the buffered rollouts, and stop (`trainer.preempted` is then True; the entry point
+            `trl-sapo-gsm8k` exits with status 0); resume with `resume_from_checkpoint=True`. Replaces transformers' `enable_jit_checkpoint`. Give the job a grace
             period of at least one step plus one save (`#SBATCH --signal=TERM@<seconds>`).
         nonfinite_policy (`str`, *optional*, defaults to `"skip"`):
             What to do when a step's loss or gradient norm is NaN/inf on any rank: `"skip"` leaves weights,
@@ -464,7 +465,7 @@ class ReliabilityConfigMixin:
         default=True,
         metadata={
             "help": "On SIGTERM, save a checkpoint (with the buffered rollouts) after the current optimizer step on "
-            "all ranks and exit with status 0. Replaces transformers' enable_jit_checkpoint."
+            "all ranks and stop (trl-sapo-gsm8k then exits with status 0). Replaces transformers' enable_jit_checkpoint."
         },
     )
     nonfinite_policy: str = dataclasses.field(
@@ -517,13 +518,18 @@ class ReliabilityMixin:
         finally:
             if self._preemption is not None:
                 self._preemption.uninstall()  # also when train() raises: restore the previous SIGTERM handler
-        if self._preemption is not None and self._preemption.preempted:
+        if self.preempted:
             logger.warning(
-                f"Stopped by SIGTERM after saving checkpoint-{self.state.global_step}; exiting with status "
-                f"{PREEMPTED_EXIT_CODE}. Resume with resume_from_checkpoint=True."
+                f"Stopped by SIGTERM after saving checkpoint-{self.state.global_step}. Resume with "
+                "resume_from_checkpoint=True; the caller should now exit (status PREEMPTED_EXIT_CODE) without saving."
             )
-            raise SystemExit(PREEMPTED_EXIT_CODE)
         return output
+
+    @property
+    def preempted(self) -> bool:
+        """True after `train()` stopped early because of SIGTERM (its checkpoint is saved). Exit the process then,
+        with `PREEMPTED_EXIT_CODE`, before any further work: the scheduler's grace period is short."""
+        return self._preemption is not None and self._preemption.preempted
 
     def training_step(self, model, inputs, num_items_in_batch):
         loss = super().training_step(model, inputs, num_items_in_batch)
