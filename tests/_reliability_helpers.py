@@ -15,8 +15,8 @@ import textwrap
 from pathlib import Path
 
 import torch
+from helpers import REPO_ROOT, free_port, length_reward
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 HELPER = Path(__file__).resolve()
 
 PROMPTS = [f"Count to {n}:" for n in range(1, 33)]
@@ -31,11 +31,6 @@ MID_ROLLOUT = dict(
     save_strategy="steps",
     save_steps=3,
 )
-
-
-def length_reward(completions, **kwargs) -> list[float]:
-    """Deterministic reward with spread inside each group: the completion's character count, scaled."""
-    return [len(c) / 10.0 for c in completions]
 
 
 def tiny_dataset(n: int = 16):
@@ -174,20 +169,12 @@ def launch(
     if num_processes > 1:
         config = accelerate_config(tmp_path, num_processes, distributed_type, use_cpu)
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
-        cmd += ["--main_process_port", str(_free_port()), str(HELPER), *args]
+        cmd += ["--main_process_port", str(free_port()), str(HELPER), *args]
     else:
         cmd = [sys.executable, str(HELPER), *args]
     return subprocess.run(
         cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- CLI: one training run in this process -----------------------------------------------------------------------

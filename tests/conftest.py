@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import GSM8K_DIR
 
 from trl_sapo.tools.offline import use_offline_mode
 
 use_offline_mode()  # before any test module imports transformers/datasets
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-GSM8K_DIR = REPO_ROOT.parent / "shared" / "data" / "gsm8k"
 
 
 @pytest.fixture(scope="session")

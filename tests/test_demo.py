@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 from trl_sapo.tools.offline import OFFLINE_ENV
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow

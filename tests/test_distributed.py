@@ -11,19 +11,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT, free_port
 from test_script import REWARD_MODULE, assert_training_logged, logged, tiny_run_args
 
 from trl_sapo.tools.offline import OFFLINE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 ENTRY = """
@@ -53,12 +52,6 @@ class RecordRank(TrainerCallback):
 
 main(callbacks=[RecordRank()])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(tmp_path: Path, config: str, model_path: Path, timeout: int = 420) -> subprocess.CompletedProcess:

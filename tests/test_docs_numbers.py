@@ -4,11 +4,9 @@ the words that rank two arms follow the paired interval."""
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "notebooks" / "sapo_quickstart.ipynb"
 KERNEL_NAME = "trl-sapo-test"
 

@@ -108,11 +108,16 @@ def build_tiny_model(output_dir: str | os.PathLike, tokenizer_dir: str | os.Path
     return output_dir
 
 
-if __name__ == "__main__":
+def make_parser():
+    """The command line of ``python -m tools.models``."""
     import argparse
 
     parser = argparse.ArgumentParser(description=prepare_smollm2.__doc__)
     parser.add_argument("--output_dir", default=None, help=f"default: {DEFAULT_SMOLLM2_DIR}")
     parser.add_argument("--force", action="store_true", help="convert again even if the folder exists")
-    args = parser.parse_args()
+    return parser
+
+
+if __name__ == "__main__":
+    args = make_parser().parse_args()
     print(prepare_smollm2(args.output_dir, force=args.force))

@@ -153,7 +153,8 @@ def save_figure(fig: plt.Figure, outputs: Sequence[str | Path], dpi: int = 120) 
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> list[Path]:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m trl_sapo.tools.plot_gates``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--taus", type=float, nargs="+", default=list(DEFAULT_TAUS), help="SAPO temperatures to draw")
     parser.add_argument("--tau_pos", type=float, default=1.0, help="τ highlighted in the A > 0 row")
@@ -165,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser.add_argument(
         "--output", nargs="+", default=[str(p) for p in DEFAULT_OUTPUTS], help="files to write (.png, .svg, .pdf)"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    parser = make_parser()
     args = parser.parse_args(argv)
     plt.switch_backend("Agg")  # headless rendering; importing this module leaves the backend alone (notebooks)
     try:

@@ -229,7 +229,8 @@ def _default_label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.name.startswith("checkpoint-") else path.name
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m trl_sapo.tools.plot_training``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="output dirs, checkpoint dirs or trainer_state.json files")
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per path (default: folder names)")
@@ -238,6 +239,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     group.add_argument("--window", type=int, default=1, help="trailing moving-average window in logged steps")
     parser.add_argument("--title", default=None)
     parser.add_argument("--output", type=Path, default=Path("training_curves.png"), help="image file (.png/.svg/.pdf)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = make_parser()
     args = parser.parse_args(argv)
     plt.switch_backend("Agg")  # headless rendering; importing this module leaves the backend alone (notebooks)
     labels = args.labels or [_default_label(p) for p in args.paths]
