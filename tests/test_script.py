@@ -399,3 +399,14 @@ def test_preemption_exits_from_the_entry_point_without_final_save(tmp_path, tiny
     assert (output_dir / "checkpoint-1" / "trainer_state.json").is_file()
     assert (output_dir / "checkpoint-1" / "rollout_state.pt").is_file()
     assert not (output_dir / "train_results.json").exists() and not (output_dir / "model.safetensors").exists()
+
+
+def test_summary_after_fewer_steps_than_logging_steps(tmp_path, tiny_model_path, monkeypatch):
+    """max_steps < logging_steps: GRPOTrainer merges the unlogged step's metrics (None where a metric has no data,
+    e.g. sapo/gate_mean_pos) into the final summary; main() must still print and save it, and save the model."""
+    monkeypatch.chdir(tmp_path)
+    output_dir = tmp_path / "out"
+    main(tiny_run_args(tiny_model_path, output_dir, max_steps=1, logging_steps=10))
+    summary = json.loads((output_dir / "train_results.json").read_text())
+    assert "train_runtime" in summary and None not in summary.values()
+    assert (output_dir / "model.safetensors").is_file()

@@ -105,8 +105,11 @@ def train_gsm8k(
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.preempted:
         return trainer  # the checkpoint is saved; the grace period is for exiting, not for the final save
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    # GRPOTrainer.log merges the metrics not yet logged (steps since the last logging step) into this summary, with
+    # None for metrics without data (e.g. sapo/*_pos when no token had A > 0); Trainer.log_metrics cannot print None.
+    metrics = {key: value for key, value in train_result.metrics.items() if value is not None}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
     trainer.save_state()
 
     trainer.save_model(training_args.output_dir)  # gathers ZeRO-3 / FSDP shards; LoRA: the adapter only
