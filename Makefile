@@ -34,6 +34,8 @@ slurm-setup:
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The inner loop: every module, without the `slow` tests (multi-process, learning runs, notebook, subprocess
+# end-to-end runs; each names its cheaper in-process counterpart). ~3 min on 2 cores.
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 

@@ -118,7 +118,9 @@ def _stop_after_parse_args():
 def _run_until_parsed(target: str, argv: list[str], module: bool, monkeypatch) -> None:
     """Run a script file or `-m` module in this process up to its `parse_args` call."""
     monkeypatch.setattr(sys, "argv", [target, *argv])
-    if not module:
+    if module:
+        monkeypatch.delitem(sys.modules, target, raising=False)  # run it fresh, as `python -m` does
+    else:
         monkeypatch.syspath_prepend(str((REPO_ROOT / target).parent))  # as `python path/to/script.py` does
     with _stop_after_parse_args(), pytest.raises((_Parsed, SystemExit)) as outcome:
         runpy.run_module(target, run_name="__main__") if module else runpy.run_path(target, run_name="__main__")

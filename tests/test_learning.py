@@ -74,6 +74,17 @@ def run(tmp_path, use_sapo_loss: bool, control: bool):
     return before, after, history
 
 
+def test_copy_task_reward_split_and_greedy_evaluation():
+    """The fast check of tools/copy_task.py (the learning runs below are `slow`)."""
+    train, heldout = copy_task.make_prompts(num_heldout=100)
+    assert len(train) == 900 and not set(train["prompt"]) & set(heldout["prompt"])
+    prompt = heldout[0]["prompt"]
+    assert copy_task.copy_reward([copy_task.target(prompt), "x x x x"], [prompt, prompt]) == [1.0, 0.0]
+    scores = copy_task.evaluate_greedy(copy_task.make_model(0), copy_task.make_tokenizer(), heldout)
+    assert 0.0 <= scores["exact_match"] <= scores["reward"] <= 1.0
+
+
+@pytest.mark.slow  # ~2 min each on CPU
 @pytest.mark.parametrize("use_sapo_loss", [True, False], ids=["sapo", "grpo"])
 def test_both_objectives_learn_the_copy_task(tmp_path, use_sapo_loss):
     before, after, rewards = run(tmp_path, use_sapo_loss, control=False)
@@ -84,6 +95,7 @@ def test_both_objectives_learn_the_copy_task(tmp_path, use_sapo_loss):
     assert after["reward"] > before["reward"] + 0.5, (before, after)
 
 
+@pytest.mark.slow
 def test_shuffled_rewards_do_not_teach_the_task(tmp_path):
     """Control: the same run with each rollout's rewards shuffled among its completions learns nothing."""
     before, after, rewards = run(tmp_path, use_sapo_loss=True, control=True)

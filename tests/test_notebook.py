@@ -49,6 +49,7 @@ def kernel_of_this_interpreter(tmp_path, monkeypatch) -> str:
     return KERNEL_NAME
 
 
+@pytest.mark.slow  # ~30 s: a kernel, a LoRA run and an evaluation
 def test_quickstart_notebook_executes(kernel_of_this_interpreter, smollm2_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print('KERNEL-PYTHON', sys.executable)"))

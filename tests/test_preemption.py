@@ -60,6 +60,7 @@ def _wait_for(path: Path, proc, timeout=120.0) -> int:
     return int(path.read_text())
 
 
+@pytest.mark.slow  # fast check: test_script.py::test_preemption_exits_from_the_entry_point_without_final_save
 def test_sigterm_saves_checkpoint_exits_zero_and_resumes_exactly(tiny_model_path, tmp_path):
     args = _cli_args(tiny_model_path, tmp_path, CONFIG)
     proc = _popen([sys.executable, str(HELPER), *args])

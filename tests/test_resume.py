@@ -7,6 +7,7 @@ updated policy and diverges (measured: final weights off by ~1e-2 on this tiny s
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _reliability_helpers import MID_ROLLOUT, max_abs_diff, tiny_trainer, train_losses, trainable_state
 
@@ -34,6 +35,7 @@ def _assert_same_run(full, resumed, resume_step):
     assert resumed._step == full._step
 
 
+@pytest.mark.slow  # fast check: test_reliability_mixin.py::test_plain_grpo_trainer_resumes_inside_a_rollout
 def test_resume_inside_rollout_full_finetune(tiny_model_path, tmp_path, monkeypatch):
     # checkpoint-3 = micro-step 6 of 8: inside the second pass (num_iterations) over the buffered generation.
     full, resumed, checkpoint = _uninterrupted_then_resumed(tiny_model_path, tmp_path, FULL, resume_step=3)
@@ -51,6 +53,7 @@ def test_resume_inside_rollout_full_finetune(tiny_model_path, tmp_path, monkeypa
     assert abs(train_losses(plain)[4] - train_losses(full)[4]) > 1e-6
 
 
+@pytest.mark.slow
 def test_resume_inside_rollout_lora(tiny_model_path, tmp_path):
     full, resumed, _ = _uninterrupted_then_resumed(tiny_model_path, tmp_path, LORA, resume_step=2, peft=True)
     assert any("lora_" in name for name in trainable_state(full))

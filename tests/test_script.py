@@ -302,6 +302,7 @@ def test_bad_data_error_names_the_row(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess; fast checks of main(): the pre-emption and short-run tests below
 def test_end_to_end_tiny_model(tmp_path, tiny_model_path):
     """`accelerate launch -m trl_sapo.gsm8k.train --config ... --flag ...`: 2 steps (one off-policy), saved model
     loads. (`python scripts/gsm8k_sapo.py`, the checkout shim, runs in test_demo.py and test_multinode.py.)"""

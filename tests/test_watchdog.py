@@ -52,6 +52,7 @@ def _same(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # fast check: test_reliability_mixin.py::test_plain_grpo_trainer_gets_the_watchdog
 def test_nonfinite_steps_are_skipped(tiny_model_path, tmp_path):
     # Step 2: NaN loss value, finite gradients; step 4: inf gradient, finite loss; step 5: NaN loss and gradients.
     trainer, snaps = _run(tiny_model_path, tmp_path, {2: "loss", 4: "grad", 5: "both"}, max_steps=6)
