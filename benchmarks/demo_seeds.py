@@ -24,7 +24,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from trl_sapo.tools.stats import mean_ci  # noqa: E402
+from tools.stats import mean_ci  # noqa: E402
 
 RECIPE = REPO_ROOT / "recipes" / "smollm2-135m_cpu_demo.yaml"
 OVERALL = "all held-out problems"

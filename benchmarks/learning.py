@@ -5,7 +5,7 @@ clipped loss, ε = 0.2), `sapo` the paper's gate (τ_pos, τ_neg) = (1.0, 1.05),
 (K, 1.05·K). The regime is off-policy on purpose (several optimizer steps per rollout): on-policy r = 1 and the
 objectives have the same gradient, so a comparison there would show nothing. Two tasks:
 
-- `--task copy` (default; power and stress): the controlled task of `trl_sapo.tools.copy_task` ("repeat the first
+- `--task copy` (default; power and stress): the controlled task of `tools.copy_task` ("repeat the first
   digit", a 2-layer random-init Llama, ~25 ms per step on one core). Regimes: `base` (lr 1e-3, 4 optimizer steps
   per rollout, 150 steps), `reuse` (lr 1e-3, 8 steps per rollout × num_iterations 2 = 16 updates per rollout,
   300 steps) and `stress` (as `reuse` at lr 3e-3). The 170 runs of the study took about an hour of training on one
@@ -44,10 +44,13 @@ import json
 import math
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
 from trl_sapo.tools.offline import use_offline_mode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tools/ package
 
 use_offline_mode()
 
@@ -56,8 +59,8 @@ from tqdm.auto import tqdm  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
+from tools.stats import mean_ci, paired_diff_ci  # noqa: E402
 from trl_sapo import SAPOConfig, SAPOTrainer  # noqa: E402
-from trl_sapo.tools.stats import mean_ci, paired_diff_ci  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_RECIPE = REPO_ROOT / "recipes" / "smollm2-135m_cpu_demo.yaml"
@@ -176,7 +179,7 @@ def probe_batch(tokenizer, texts: list[tuple[str, str]]):
 # Tasks: (trainer inputs, probe, evaluation) for one seed
 # --------------------------------------------------------------------------------------------------------------------
 def copy_task_setup(args, seed: int) -> dict:
-    from trl_sapo.tools import copy_task
+    from tools import copy_task
 
     tokenizer = copy_task.make_tokenizer()
     train, heldout = copy_task.make_prompts(num_heldout=args.eval_examples)
@@ -216,11 +219,11 @@ def gsm8k_task_setup(args, seed: int) -> dict:
     the synthetic data, which problems) and the sampling; the held-out problems are the same in every run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tools.models import prepare_smollm2
     from trl_sapo.gsm8k.data import load_gsm8k, to_prompts
     from trl_sapo.gsm8k.evaluation import evaluate
     from trl_sapo.gsm8k.rewards import get_reward_funcs
     from trl_sapo.gsm8k.synthetic import operations
-    from trl_sapo.tools.models import prepare_smollm2
 
     recipe = demo_recipe()
     model_path = args.model or str(prepare_smollm2())

@@ -37,12 +37,15 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 from trl_sapo.tools.offline import use_offline_mode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tools/ package
 
 use_offline_mode()  # before transformers/datasets are imported
 
@@ -52,9 +55,9 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
+from tools.models import random_llama  # noqa: E402
 from trl_sapo import SAPOConfig, SAPOTrainer  # noqa: E402
 from trl_sapo import loss as sapo_loss  # noqa: E402
-from trl_sapo.tools.models import random_llama  # noqa: E402
 
 VARIANTS = ("sapo", "trl_sapo", "trl_grpo")
 RATIOS = (("sapo", "trl_sapo"), ("sapo", "trl_grpo"), ("sapo_proto", "trl_sapo"), ("sapo_proto", "sapo"))
@@ -81,7 +84,7 @@ def load_model(name: str, device: str, seed: int = 0):
         )
     else:
         if name == "smollm2":
-            from trl_sapo.tools.models import prepare_smollm2
+            from tools.models import prepare_smollm2
 
             name = str(prepare_smollm2())
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
@@ -103,7 +106,7 @@ def build_trainers(model, device: str, output_dir: str) -> dict:
     )
     from transformers import AutoTokenizer
 
-    from trl_sapo.tools.models import prepare_smollm2
+    from tools.models import prepare_smollm2
 
     tokenizer = AutoTokenizer.from_pretrained(prepare_smollm2())  # only needed by the constructors
     dummy = Dataset.from_dict({"prompt": ["x"] * 4})

@@ -34,6 +34,7 @@ from trl_sapo.tools.offline import use_offline_mode
 use_offline_mode()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # the checkout's tools/ package (SmolLM2 conversion, statistics)
 RECIPE = REPO_ROOT / "recipes" / "smollm2-135m_cpu_demo.yaml"
 SEED_STUDY = REPO_ROOT / "docs" / "results" / "demo_seeds.json"  # written by benchmarks/demo_seeds.py
 SAPO_METRICS = ("sapo/gate_mean", "sapo/grad_weight_mean", "sapo/soft_clip_ratio", "sapo/ratio_max")
@@ -71,7 +72,7 @@ def evaluate_model(model_path: str, heldout: dict, max_new_tokens: int, label: s
 
 
 def accuracy_block(correct: list[bool]) -> dict:
-    from trl_sapo.tools.stats import wilson_interval
+    from tools.stats import wilson_interval
 
     low, high = wilson_interval(sum(correct), len(correct))
     return {"accuracy": sum(correct) / len(correct), "ci95": [low, high], "n": len(correct)}
@@ -160,7 +161,7 @@ def seed_context(gain: float, path: Path = SEED_STUDY) -> str | None:
 
 
 def report(before: dict, after: dict, training: dict, times: dict, seed_study: bool = False) -> dict:
-    from trl_sapo.tools.stats import paired_accuracy_diff
+    from tools.stats import paired_accuracy_diff
 
     summary = {"subsets": {}, "training": training, "wall_time_s": times}
     print(f"\n{'':42s}{'before':>22s}{'after':>22s}{'gain (paired 95% CI)':>26s}")
@@ -214,7 +215,7 @@ def main() -> None:
 
     import torch
 
-    from trl_sapo.tools.models import prepare_smollm2
+    from tools.models import prepare_smollm2
 
     started = time.time()
     num_threads = pick_num_threads()

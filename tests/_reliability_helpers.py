@@ -15,8 +15,8 @@ import textwrap
 from pathlib import Path
 
 import torch
+from helpers import REPO_ROOT, free_port, length_reward
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 HELPER = Path(__file__).resolve()
 
 PROMPTS = [f"Count to {n}:" for n in range(1, 33)]
@@ -33,11 +33,6 @@ MID_ROLLOUT = dict(
 )
 
 
-def length_reward(completions, **kwargs) -> list[float]:
-    """Deterministic reward with spread inside each group: the completion's character count, scaled."""
-    return [len(c) / 10.0 for c in completions]
-
-
 def tiny_dataset(n: int = 16):
     from datasets import Dataset
 
@@ -46,8 +41,9 @@ def tiny_dataset(n: int = 16):
 
 def tiny_config(output_dir, config_cls=None, **overrides):
     """SAPOConfig (or `config_cls`) for a few fast, deterministic CPU steps (float32, sampling with fixed seeds)."""
+    from helpers import CPU_TRAINING_KWARGS
+
     from trl_sapo import SAPOConfig
-    from trl_sapo.tools.testing import CPU_TRAINING_KWARGS
 
     kwargs = dict(
         output_dir=str(output_dir),
@@ -173,20 +169,12 @@ def launch(
     if num_processes > 1:
         config = accelerate_config(tmp_path, num_processes, distributed_type, use_cpu)
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
-        cmd += ["--main_process_port", str(_free_port()), str(HELPER), *args]
+        cmd += ["--main_process_port", str(free_port()), str(HELPER), *args]
     else:
         cmd = [sys.executable, str(HELPER), *args]
     return subprocess.run(
         cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- CLI: one training run in this process -----------------------------------------------------------------------
@@ -279,6 +267,8 @@ def main(argv=None) -> None:
     trainer.add_callback(Pace())
     try:
         trainer.train(resume_from_checkpoint=a.resume)
+        if trainer.preempted:
+            print("preempted: exiting without the post-training work", flush=True)
     finally:
         if a.result:
             weights = trainable_state(trainer)

@@ -5,19 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import GSM8K_DIR
 
 from trl_sapo.tools.offline import use_offline_mode
 
 use_offline_mode()  # before any test module imports transformers/datasets
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-GSM8K_DIR = REPO_ROOT.parent / "shared" / "data" / "gsm8k"
-
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """Converted SmolLM2-135M-Instruct folder (converted on first use, then reused)."""
-    from trl_sapo.tools.models import prepare_smollm2
+    from tools.models import prepare_smollm2
 
     return prepare_smollm2()
 
@@ -25,7 +23,7 @@ def smollm2_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, smollm2_path) -> Path:
     """A tiny random Llama (2 layers, hidden 32) saved with SmolLM2's real tokenizer and chat template."""
-    from trl_sapo.tools.models import build_tiny_model
+    from tools.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tokenizer_dir=smollm2_path)
 

@@ -139,17 +139,17 @@ def test_script_resume_true_false_and_auto(tiny_model_path, tmp_path, monkeypatc
     """The issue's command, `--resume_from_checkpoint true`, continues the run in output_dir (it used to fail with
     "Can't find a valid checkpoint at true"); `false` refuses to mix runs before loading anything; without the flag
     the script resumes by itself."""
-    from test_script import load_script, tiny_run_args, write_reward_module
+    from test_script import tiny_run_args, write_reward_module
 
     from trl_sapo.gsm8k.recipe import parse_args
+    from trl_sapo.gsm8k.train import train_gsm8k
 
-    script = load_script()
     monkeypatch.chdir(tmp_path)  # the reward module is imported from the working directory
     out = tmp_path / "out"
     flags = {"reward_funcs": [write_reward_module(tmp_path)], "save_strategy": "steps", "save_steps": 1}
 
     def run(*extra, **overrides):
-        return script.main(*parse_args(tiny_run_args(tiny_model_path, out, **{**flags, **overrides}) + list(extra)))
+        return train_gsm8k(*parse_args(tiny_run_args(tiny_model_path, out, **{**flags, **overrides}) + list(extra)))
 
     with pytest.raises(CheckpointError, match=f"output_dir '{out}' holds no finished"):
         run("--resume_from_checkpoint", "true", max_steps=1)

@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 from trl_sapo.tools.offline import OFFLINE_ENV
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
@@ -67,7 +66,7 @@ def _load(path: str):
 
 def _summary(seed: int, gains: dict[str, tuple[bool, bool]], digest: str = "abc") -> dict:
     """A scripts/demo.py summary.json with the given (before, after) outcomes per report row."""
-    from trl_sapo.tools.stats import paired_accuracy_diff
+    from tools.stats import paired_accuracy_diff
 
     subsets = {}
     for name, outcomes in gains.items():

@@ -1,7 +1,7 @@
 """2-process `accelerate launch` runs of scripts/gsm8k_sapo.py on CPU (gloo): DDP, DeepSpeed ZeRO-2 and ZeRO-3.
 
 Each rank records what it trained with (world size, backend, a parameter checksum) through a callback passed to
-the script's `main()` by a small entry script written here (it runs the script file with `runpy`), so the test
+`trl_sapo.gsm8k.train.main(callbacks=...)` by a small entry script written here, so the test
 fails if the processes silently train alone. FSDP cannot run on CPU with accelerate 1.15 (it silently degrades to
 DDP); the script rejects that, tested below.
 """
@@ -11,56 +11,47 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT, free_port
 from test_script import REWARD_MODULE, assert_training_logged, logged, tiny_run_args
 
 from trl_sapo.tools.offline import OFFLINE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
-ENTRY = f"""
-import json, os, runpy
+ENTRY = """
+import json, os
 import torch
 from accelerate.state import AcceleratorState
 from transformers import TrainerCallback
 
-from trl_sapo.gsm8k.recipe import parse_args
-
-main = runpy.run_path({str(REPO_ROOT / "scripts" / "gsm8k_sapo.py")!r}, run_name="gsm8k_sapo")["main"]
+from trl_sapo.gsm8k.train import main
 
 
 class RecordRank(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         params = list(model.parameters())
         replicated = all(type(p.data) is torch.Tensor and p.numel() > 0 for p in params)  # ZeRO-3 shards: numel 0
-        record = {{
+        record = {
             "process_index": args.process_index,
             "world_size": args.world_size,
             "dist_world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
             "distributed_type": AcceleratorState().distributed_type.name,
             "global_step": state.global_step,
             "param_sum": float(sum(p.detach().double().sum() for p in params)) if replicated else None,
-        }}
-        with open(os.path.join(os.environ["RECORD_DIR"], f"rank{{args.process_index}}.json"), "w") as f:
+        }
+        with open(os.path.join(os.environ["RECORD_DIR"], f"rank{args.process_index}.json"), "w") as f:
             json.dump(record, f)
 
 
-main(*parse_args(), callbacks=[RecordRank()])
+main(callbacks=[RecordRank()])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(tmp_path: Path, config: str, model_path: Path, timeout: int = 420) -> subprocess.CompletedProcess:

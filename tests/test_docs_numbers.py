@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +56,7 @@ def test_verdict_follows_the_interval(docs_numbers, mean, ci95, expected):
 def test_demo_seed_blocks_render_from_a_seed_study(docs_numbers, tmp_path, monkeypatch):
     """benchmarks/demo_seeds.py --report_only over stored summaries -> demo_seeds.json -> the README's short block
     (distribution and per-operation table) and the results page's full table."""
-    from trl_sapo.tools.stats import paired_accuracy_diff
+    from tools.stats import paired_accuracy_diff
 
     rows = {"all held-out problems": 8, "operation +": 4, "operation -": 4}
     for seed, gained in ((0, 2), (1, 3)):

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO_ROOT
 from peft import PeftModel
 
 from trl_sapo.gsm8k import evaluation
 from trl_sapo.gsm8k.data import generate_problems, load_gsm8k
 from trl_sapo.gsm8k.evaluation import evaluate, load_model_for_eval
-from trl_sapo.tools.models import REPO_ROOT
 
 
 @pytest.fixture(autouse=True, scope="module")

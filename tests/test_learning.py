@@ -1,7 +1,7 @@
 """End-to-end learning: the trainer's gradient points the right way, for both objectives.
 
 Numeric parity with TRL (test_trainer.py) cannot show that training improves a policy; this does. On the controlled
-copy task (trl_sapo.tools.copy_task: a random-init 2-layer Llama must learn to repeat the first prompt digit), both
+copy task (tools.copy_task: a random-init 2-layer Llama must learn to repeat the first prompt digit), both
 arms raise the training reward and the held-out greedy score by a wide margin within 200 off-policy steps, and a
 control trained on shuffled rewards (same data, same steps, no information in the reward) does not.
 """
@@ -12,8 +12,8 @@ import random
 
 import pytest
 
+from tools import copy_task
 from trl_sapo import SAPOConfig, SAPOTrainer
-from trl_sapo.tools import copy_task
 
 STEPS = 200
 
@@ -74,6 +74,17 @@ def run(tmp_path, use_sapo_loss: bool, control: bool):
     return before, after, history
 
 
+def test_copy_task_reward_split_and_greedy_evaluation():
+    """The fast check of tools/copy_task.py (the learning runs below are `slow`)."""
+    train, heldout = copy_task.make_prompts(num_heldout=100)
+    assert len(train) == 900 and not set(train["prompt"]) & set(heldout["prompt"])
+    prompt = heldout[0]["prompt"]
+    assert copy_task.copy_reward([copy_task.target(prompt), "x x x x"], [prompt, prompt]) == [1.0, 0.0]
+    scores = copy_task.evaluate_greedy(copy_task.make_model(0), copy_task.make_tokenizer(), heldout)
+    assert 0.0 <= scores["exact_match"] <= scores["reward"] <= 1.0
+
+
+@pytest.mark.slow  # ~2 min each on CPU
 @pytest.mark.parametrize("use_sapo_loss", [True, False], ids=["sapo", "grpo"])
 def test_both_objectives_learn_the_copy_task(tmp_path, use_sapo_loss):
     before, after, rewards = run(tmp_path, use_sapo_loss, control=False)
@@ -84,6 +95,7 @@ def test_both_objectives_learn_the_copy_task(tmp_path, use_sapo_loss):
     assert after["reward"] > before["reward"] + 0.5, (before, after)
 
 
+@pytest.mark.slow
 def test_shuffled_rewards_do_not_teach_the_task(tmp_path):
     """Control: the same run with each rollout's rewards shuffled among its completions learns nothing."""
     before, after, rewards = run(tmp_path, use_sapo_loss=True, control=True)

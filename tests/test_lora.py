@@ -1,12 +1,12 @@
-"""LoRA through scripts/gsm8k_sapo.py: the saved adapter loads with peft and changes the outputs; the merged model
+"""LoRA through the training entry point (trl_sapo.gsm8k.train.main): the saved adapter loads with peft and changes the outputs; the merged model
 (`merge_adapter_on_save`) loads as a plain model and matches base + adapter."""
 
 from __future__ import annotations
 
 import pytest
-from test_script import assert_training_logged, load_script, tiny_run_args, write_reward_module
+from test_script import assert_training_logged, tiny_run_args, write_reward_module
 
-from trl_sapo.gsm8k import recipe as gsm8k_recipe
+from trl_sapo.gsm8k.train import main
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,6 @@ def lora_run(tmp_path_factory, tiny_model_path):
     folder = tmp_path_factory.mktemp("lora")
     reward = write_reward_module(folder)
     output_dir = folder / "out"
-    script = load_script()
     args = tiny_run_args(
         tiny_model_path,
         output_dir,
@@ -29,7 +28,7 @@ def lora_run(tmp_path_factory, tiny_model_path):
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(folder))  # the dotted reward path resolves like it would from the launch folder
-        script.main(*gsm8k_recipe.parse_args(args))
+        main(args)
     return output_dir
 
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 from slurm_cluster import assert_world_size_two, finite_metrics, free_ports, write_tiny_run
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 TIMEOUT = 120  # s for both machines together; ~45 s on 2 shared cores
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "notebooks" / "sapo_quickstart.ipynb"
 KERNEL_NAME = "trl-sapo-test"
 
@@ -50,6 +49,7 @@ def kernel_of_this_interpreter(tmp_path, monkeypatch) -> str:
     return KERNEL_NAME
 
 
+@pytest.mark.slow  # ~30 s: a kernel, a LoRA run and an evaluation
 def test_quickstart_notebook_executes(kernel_of_this_interpreter, smollm2_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print('KERNEL-PYTHON', sys.executable)"))

@@ -60,6 +60,7 @@ def _wait_for(path: Path, proc, timeout=120.0) -> int:
     return int(path.read_text())
 
 
+@pytest.mark.slow  # fast check: test_script.py::test_preemption_exits_from_the_entry_point_without_final_save
 def test_sigterm_saves_checkpoint_exits_zero_and_resumes_exactly(tiny_model_path, tmp_path):
     args = _cli_args(tiny_model_path, tmp_path, CONFIG)
     proc = _popen([sys.executable, str(HELPER), *args])
@@ -75,7 +76,7 @@ def test_sigterm_saves_checkpoint_exits_zero_and_resumes_exactly(tiny_model_path
     assert stopped == 2, "must stop at the end of the step in progress, not skip or lose one"
     checkpoint = tmp_path / "out" / f"checkpoint-{stopped}"
     assert (checkpoint / "trainer_state.json").exists() and (checkpoint / "optimizer.pt").exists()
-    assert (checkpoint / "sapo_rollout_state.pt").exists()
+    assert (checkpoint / "rollout_state.pt").exists()
     assert not (checkpoint / "checkpoint-is-incomplete.txt").exists()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == stopped
 
@@ -116,5 +117,5 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step(tiny_model_path, tmp_pa
     steps = {r["global_step"] for r in results}
     assert len(steps) == 1 and steps.pop() < CONFIG["max_steps"], results
     checkpoint = tmp_path / "out" / f"checkpoint-{results[0]['global_step']}"
-    assert (checkpoint / "sapo_rollout_state_0.pt").exists() and (checkpoint / "sapo_rollout_state_1.pt").exists()
+    assert (checkpoint / "rollout_state_0.pt").exists() and (checkpoint / "rollout_state_1.pt").exists()
     assert (checkpoint / "rng_state_1.pth").exists() and (checkpoint / "trainer_state.json").exists()

@@ -30,7 +30,7 @@ def test_plain_grpo_trainer_gets_the_watchdog(tiny_model_path, tmp_path):
     trainer.train()
     assert trainer.state.global_step == 3
     assert _adam_steps(trainer) == 2.0  # step 2 skipped: the optimizer stepped twice in three steps
-    assert [h["sapo/nonfinite_steps"] for h in trainer.state.log_history if "loss" in h] == [0.0, 1.0, 1.0]
+    assert [h["nonfinite_steps"] for h in trainer.state.log_history if "loss" in h] == [0.0, 1.0, 1.0]
     assert all(torch.isfinite(v).all() for v in trainable_state(trainer).values())
 
 
@@ -39,8 +39,10 @@ def test_plain_grpo_trainer_resumes_inside_a_rollout(tiny_model_path, tmp_path):
     full = tiny_trainer(tiny_model_path, tmp_path / "full", **kwargs)
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-3"
-    state = torch.load(checkpoint / "sapo_rollout_state.pt", weights_only=True)
+    state = torch.load(checkpoint / "rollout_state.pt", weights_only=True)
     assert state["step"] == 6 and state["global_step"] == 3
+    # A checkpoint written by trl-sapo 0.1 names the file sapo_rollout_state.pt: it is still read.
+    (checkpoint / "rollout_state.pt").rename(checkpoint / "sapo_rollout_state.pt")
     resumed = tiny_trainer(tiny_model_path, tmp_path / "resumed", **kwargs)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert abs(train_losses(resumed)[4] - train_losses(full)[4]) < 1e-6

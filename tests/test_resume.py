@@ -7,10 +7,11 @@ updated policy and diverges (measured: final weights off by ~1e-2 on this tiny s
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _reliability_helpers import MID_ROLLOUT, max_abs_diff, tiny_trainer, train_losses, trainable_state
 
-from trl_sapo import reliability
+from trl_sapo.reliability import rollouts
 
 FULL = MID_ROLLOUT  # mid-rollout: a generation serves 4 micro-steps × 2 iterations = 4 optimizer steps (GA 2)
 LORA = dict(num_iterations=2, steps_per_generation=2, max_steps=4, save_strategy="steps", save_steps=2)
@@ -34,23 +35,25 @@ def _assert_same_run(full, resumed, resume_step):
     assert resumed._step == full._step
 
 
+@pytest.mark.slow  # fast check: test_reliability_mixin.py::test_plain_grpo_trainer_resumes_inside_a_rollout
 def test_resume_inside_rollout_full_finetune(tiny_model_path, tmp_path, monkeypatch):
     # checkpoint-3 = micro-step 6 of 8: inside the second pass (num_iterations) over the buffered generation.
     full, resumed, checkpoint = _uninterrupted_then_resumed(tiny_model_path, tmp_path, FULL, resume_step=3)
-    state = torch.load(checkpoint / "sapo_rollout_state.pt", weights_only=True)
+    state = torch.load(checkpoint / "rollout_state.pt", weights_only=True)
     assert state["step"] == 6 and state["global_step"] == 3
     assert len(state["buffered_inputs"]) == FULL["steps_per_generation"]
     assert state["buffered_inputs"][0]["completion_ids"].shape[0] == FULL["per_device_train_batch_size"]
     _assert_same_run(full, resumed, resume_step=3)
 
     # Negative control: without the saved rollouts (plain GRPOTrainer's behaviour) the same checks fail.
-    monkeypatch.setattr(reliability, "load_rollout_state", lambda trainer, checkpoint: None)
+    monkeypatch.setattr(rollouts, "load_rollout_state", lambda trainer, checkpoint: None)
     plain = tiny_trainer(tiny_model_path, tmp_path / "plain", **FULL)
     plain.train(resume_from_checkpoint=str(checkpoint))
     assert max_abs_diff(trainable_state(full), trainable_state(plain)) > 1e-4
     assert abs(train_losses(plain)[4] - train_losses(full)[4]) > 1e-6
 
 
+@pytest.mark.slow
 def test_resume_inside_rollout_lora(tiny_model_path, tmp_path):
     full, resumed, _ = _uninterrupted_then_resumed(tiny_model_path, tmp_path, LORA, resume_step=2, peft=True)
     assert any("lora_" in name for name in trainable_state(full))

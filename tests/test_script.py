@@ -1,8 +1,9 @@
-"""scripts/gsm8k_sapo.py: recipes parse, CLI overrides YAML, precision fallback, end-to-end training and saving."""
+"""The training entry point (`trl_sapo.gsm8k.train.main`, `scripts/gsm8k_sapo.py`, the `trl-sapo-gsm8k` console
+script): recipes parse, CLI overrides YAML, precision fallback, end-to-end training and saving."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -12,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import CPU_TRAINING_KWARGS, REPO_ROOT, as_cli_flags
 
 from trl_sapo import launch
 from trl_sapo.gsm8k import recipe as gsm8k_recipe
+from trl_sapo.gsm8k.train import main
 from trl_sapo.tools.offline import OFFLINE_ENV
-from trl_sapo.tools.testing import CPU_TRAINING_KWARGS, as_cli_flags
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "gsm8k_sapo.py"
-RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
+RECIPES = sorted(p for p in (REPO_ROOT / "recipes").glob("*.yaml") if p.name != "eval.yaml")  # eval: test_docs.py
 GPU_RECIPES = [r for r in RECIPES if "cpu" not in r.name]
 # What may differ between a SAPO recipe and its GRPO twin.
 TWIN_DIFFERENCES = {"use_sapo_loss", "output_dir", "run_name", "hub_model_id", "logging_dir"}
@@ -32,16 +33,6 @@ def length_reward(completions, **kwargs):
     """Pseudo-random but deterministic reward in [0, 1): depends on the completion text."""
     return [(sum(map(ord, c[-1]["content"])) % 97) / 97 for c in completions]
 '''
-
-
-def load_script():
-    """scripts/gsm8k_sapo.py as a module, for its main() (the recipe's helpers are in trl_sapo.gsm8k.recipe)."""
-    if "gsm8k_sapo" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gsm8k_sapo", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gsm8k_sapo"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["gsm8k_sapo"]
 
 
 def tiny_run_args(model_path, output_dir, **overrides) -> list[str]:
@@ -88,12 +79,24 @@ def assert_training_logged(output_dir: Path, steps: int = 2) -> dict:
     return state
 
 
-def run_script(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, **OFFLINE_ENV}
+def run_module(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`accelerate launch --num_processes 1 -m trl_sapo.gsm8k.train ARGS`, the installed entry point, in `cwd`."""
+    env = {
+        **os.environ,
+        **OFFLINE_ENV,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--cpu"]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [*launch, "-m", "trl_sapo.gsm8k.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-    assert proc.returncode == 0, f"gsm8k_sapo.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, f"trl_sapo.gsm8k.train failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
 
@@ -250,10 +253,8 @@ def test_precision_fallback_without_gpu(caplog):
     ],
 )
 def test_bad_options_fail_before_training(flags, message):
-    script = load_script()
-    args = gsm8k_recipe.parse_args(["--use_cpu", "true", "--bf16", "false", *flags])
     with pytest.raises(ValueError, match=message):
-        script.main(*args)
+        main(["--use_cpu", "true", "--bf16", "false", *flags])
 
 
 def test_launch_guards_reject_silent_fallbacks(monkeypatch):
@@ -285,10 +286,8 @@ def test_bad_data_error_names_the_row(tmp_path):
     ]
     data = tmp_path / "bad.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    script = load_script()
-    args = gsm8k_recipe.parse_args(["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data)])
-    with pytest.raises(DataError, match="row 1"):
-        script.main(*args)  # fails while loading data, before any model is loaded
+    with pytest.raises(DataError, match="row 1"):  # fails while loading data, before any model is loaded
+        main(["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data)])
 
     script_args, _, _ = gsm8k_recipe.parse_args(
         ["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data), "--skip_invalid_rows", "true"]
@@ -303,8 +302,10 @@ def test_bad_data_error_names_the_row(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess; fast checks of main(): the pre-emption and short-run tests below
 def test_end_to_end_tiny_model(tmp_path, tiny_model_path):
-    """`python scripts/gsm8k_sapo.py --config ... --flag ...`: 2 steps (one off-policy), saved model loads."""
+    """`accelerate launch -m trl_sapo.gsm8k.train --config ... --flag ...`: 2 steps (one off-policy), saved model
+    loads. (`python scripts/gsm8k_sapo.py`, the checkout shim, runs in test_demo.py and test_multinode.py.)"""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -313,7 +314,7 @@ def test_end_to_end_tiny_model(tmp_path, tiny_model_path):
     recipe.write_text(yaml.safe_dump({"sapo_tau_pos": 1.0, "sapo_tau_neg": 1.5, "max_steps": 5}))
     reward = write_reward_module(tmp_path)
     args = tiny_run_args(tiny_model_path, output_dir, reward_funcs=["accuracy", "format", reward])
-    run_script(["--config", str(recipe), *args], cwd=tmp_path)  # CLI max_steps=2 overrides the YAML's 5
+    run_module(["--config", str(recipe), *args], cwd=tmp_path)  # CLI max_steps=2 overrides the YAML's 5
 
     state = assert_training_logged(output_dir)
     assert [e["rewards/length_reward/std"] for e in state["log_history"] if "rewards/length_reward/std" in e][0] > 0
@@ -337,7 +338,6 @@ def test_end_to_end_tiny_model(tmp_path, tiny_model_path):
 @pytest.mark.slow
 def test_smollm2_one_step(tmp_path, smollm2_path):
     """The real pretrained model through main() in-process: 2 steps, GSM8K rewards, finite loss and sapo/ metrics."""
-    script = load_script()
     output_dir = tmp_path / "out"
     args = tiny_run_args(
         smollm2_path,
@@ -353,8 +353,61 @@ def test_smollm2_one_step(tmp_path, smollm2_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread is several times faster than oversubscribed ones on a busy CI machine
     try:
-        trainer = script.main(*gsm8k_recipe.parse_args(args))
+        main(args)
     finally:
         torch.set_num_threads(threads)
-    assert trainer.state.global_step == 2
     assert_training_logged(output_dir)
+
+
+def test_console_script_is_the_entry_point():
+    """pyproject's `trl-sapo-gsm8k` names `trl_sapo.gsm8k.train:main`, and the checkout shim runs that same main."""
+    import tomllib
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, attr = scripts["trl-sapo-gsm8k"].split(":")
+    assert getattr(importlib.import_module(module), attr) is main
+    shim = SCRIPT.read_text()
+    assert "from trl_sapo.gsm8k.train import main" in shim and shim.rstrip().endswith("main()")
+
+
+class SigtermAfterFirstStep:
+    """Sends this process SIGTERM at the end of optimizer step 1, as a scheduler's pre-emption warning would."""
+
+    def __new__(cls):
+        import signal
+
+        from transformers import TrainerCallback
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        return _Callback()
+
+
+def test_preemption_exits_from_the_entry_point_without_final_save(tmp_path, tiny_model_path, monkeypatch):
+    """SIGTERM: the library's train() returns after saving checkpoint-1; main() exits with PREEMPTED_EXIT_CODE
+    before the final save, metrics or model card (they would eat the grace period)."""
+    from trl_sapo.reliability import PREEMPTED_EXIT_CODE
+
+    monkeypatch.chdir(tmp_path)
+    output_dir = tmp_path / "out"
+    args = tiny_run_args(tiny_model_path, output_dir, reward_funcs=[write_reward_module(tmp_path)], max_steps=3)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args, callbacks=[SigtermAfterFirstStep()])
+    assert exit_info.value.code == PREEMPTED_EXIT_CODE
+    assert (output_dir / "checkpoint-1" / "trainer_state.json").is_file()
+    assert (output_dir / "checkpoint-1" / "rollout_state.pt").is_file()
+    assert not (output_dir / "train_results.json").exists() and not (output_dir / "model.safetensors").exists()
+
+
+def test_summary_after_fewer_steps_than_logging_steps(tmp_path, tiny_model_path, monkeypatch):
+    """max_steps < logging_steps: GRPOTrainer merges the unlogged step's metrics (None where a metric has no data,
+    e.g. sapo/gate_mean_pos) into the final summary; main() must still print and save it, and save the model."""
+    monkeypatch.chdir(tmp_path)
+    output_dir = tmp_path / "out"
+    main(tiny_run_args(tiny_model_path, output_dir, max_steps=1, logging_steps=10))
+    summary = json.loads((output_dir / "train_results.json").read_text())
+    assert "train_runtime" in summary and None not in summary.values()
+    assert (output_dir / "model.safetensors").is_file()

@@ -1,4 +1,4 @@
-"""trl_sapo.tools.stats against hand-computed and textbook values."""
+"""tools.stats against hand-computed and textbook values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from trl_sapo.tools.stats import mean_ci, paired_accuracy_diff, paired_diff_ci, t95, wilson_interval
+from tools.stats import mean_ci, paired_accuracy_diff, paired_diff_ci, t95, wilson_interval
 
 
 def test_t95_table_and_conservative_interpolation():

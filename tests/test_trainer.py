@@ -6,18 +6,13 @@ import math
 import pytest
 import torch
 from datasets import Dataset
+from helpers import CPU_TRAINING_KWARGS, length_reward
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer, TrlParser
 
 from trl_sapo import SAPOConfig, SAPOTrainer
-from trl_sapo.tools.testing import CPU_TRAINING_KWARGS
 
 COMMON = {**CPU_TRAINING_KWARGS, "max_completion_length": 6}
-
-
-def length_reward(completions, **kwargs):
-    """Deterministic, non-constant reward so advantages are non-zero."""
-    return [float(len(c[0]["content"]) % 7) for c in completions]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,10 @@
 """Plot SAPO's soft gate against PPO/GRPO clipping: objective and gradient weight vs the ratio r, for A > 0 and A < 0.
 
-    python -m trl_sapo.tools.plot_gates                                   # docs/figures/sapo_gates.{png,svg}
-    python -m trl_sapo.tools.plot_gates --taus 0.5 1 2 --epsilon 0.28 --output /tmp/gates.png
+    python -m trl_sapo.tools.plot_gates                                   # ./sapo_gates.png
+    python -m trl_sapo.tools.plot_gates --taus 0.5 1 2 --epsilon 0.28 --output /tmp/gates.png /tmp/gates.svg
+
+Needs matplotlib (``pip install 'trl-sapo[plots]'``). The README figure is regenerated from a checkout with
+``make figures`` (``--output docs/figures/sapo_gates.png docs/figures/sapo_gates.svg``).
 
 What is compared, per unit of advantage (the token's contribution is J = A · g(r), and its policy gradient is
 A · ∂g/∂log r · ∇logπ_θ):
@@ -21,14 +24,13 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 import torch
 
 from trl_sapo.loss import clipped_surrogate, gate_value, gradient_weight
+from trl_sapo.tools import import_pyplot
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OUTPUTS = (REPO_ROOT / "docs/figures/sapo_gates.png", REPO_ROOT / "docs/figures/sapo_gates.svg")
+plt = import_pyplot()
+DEFAULT_OUTPUTS = (Path("sapo_gates.png"),)
 DEFAULT_TAUS = (0.5, 1.0, 1.05, 2.0)
 PPO_LABEL = "PPO/GRPO clip, ε={eps:g}"
 PPO_COLOR = "black"
@@ -145,13 +147,14 @@ def save_figure(fig: plt.Figure, outputs: Sequence[str | Path], dpi: int = 120) 
     for out in map(Path, outputs):
         out.parent.mkdir(parents=True, exist_ok=True)
         metadata = {"Date": None} if out.suffix == ".svg" else None
-        with matplotlib.rc_context({"svg.hashsalt": "trl-sapo"}):  # stable element ids in the SVG
+        with plt.rc_context({"svg.hashsalt": "trl-sapo"}):  # stable element ids in the SVG
             fig.savefig(out, dpi=dpi, metadata=metadata)
         written.append(out)
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> list[Path]:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m trl_sapo.tools.plot_gates``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--taus", type=float, nargs="+", default=list(DEFAULT_TAUS), help="SAPO temperatures to draw")
     parser.add_argument("--tau_pos", type=float, default=1.0, help="τ highlighted in the A > 0 row")
@@ -163,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser.add_argument(
         "--output", nargs="+", default=[str(p) for p in DEFAULT_OUTPUTS], help="files to write (.png, .svg, .pdf)"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    parser = make_parser()
     args = parser.parse_args(argv)
     plt.switch_backend("Agg")  # headless rendering; importing this module leaves the backend alone (notebooks)
     try:

