@@ -68,6 +68,7 @@ from trl_sapo.gsm8k.recipe import (
     parse_args,
 )
 from trl_sapo.launch import check_backend, check_world_size, merge_adapter
+from trl_sapo.run_lock import acquire_run_lock
 
 
 def main(
@@ -82,6 +83,7 @@ def main(
     check_world_size(training_args.world_size)
     # true / false / auto (default: the latest checkpoint in output_dir, if any) / a path; trl_sapo/checkpoints.py.
     # Resolved before any loading, so an impossible choice fails at once.
+    run_lock = acquire_run_lock(training_args)  # trl_sapo/run_lock.py: no second run on output_dir (issue 19)
     resume_from = resolve_resume_from_checkpoint(training_args)
     reward_funcs = load_reward_funcs(script_args.reward_funcs)
 
@@ -147,6 +149,8 @@ def main(
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=hub_dataset_name(script_args.dataset_name), tags=["gsm8k"])
         trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}.")
+    if run_lock is not None:
+        run_lock.release()
     trainer.end()
     return trainer
 

@@ -69,6 +69,8 @@ from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import is_async_callable
 
+from .checkpoints import CheckpointCompletionCallback
+
 logger = logging.get_logger(__name__)
 
 ROLLOUT_STATE_NAME = "sapo_rollout_state"
@@ -355,6 +357,13 @@ class PreemptionCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
 
+    def on_save(self, args, state, control, **kwargs):
+        # A SIGTERM that arrived during a periodic save: stop right after it (that checkpoint is the one to resume
+        # from) instead of training one more step and saving again inside the grace period.
+        if not self.preempted and _any_rank(self.requested, self.trainer.accelerator):
+            self.preempted = True
+            control.should_training_stop = True
+
     def on_train_end(self, args, state, control, **kwargs):
         self.uninstall()
 
@@ -510,6 +519,7 @@ class ReliabilityMixin:
         for callback in (self._watchdog, self._preemption):
             if callback is not None:
                 self.add_callback(callback)
+        self.add_callback(CheckpointCompletionCallback(self._preemption))  # trl_sapo/checkpoints.py (issue 19)
 
     def train(self, *args, **kwargs):
         try:
