@@ -12,8 +12,8 @@ from trl import TrlParser
 
 from trl_sapo import SAPOConfig
 from trl_sapo.checkpoints import (
-    CheckpointError,
     COMPLETE_MARKER_NAME,
+    CheckpointError,
     latest_checkpoint,
     parse_resume_option,
     resolve_resume_from_checkpoint,

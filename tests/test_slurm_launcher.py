@@ -48,15 +48,16 @@ exit 0
 # none (exits 3 at once).
 FAKE_ACCELERATE = """#!/bin/bash
 echo $$ >"$FAKE_TRAIN_PID"
-echo "shutdown_timeout=$TORCH_ELASTIC_SHUTDOWN_TIMEOUT args: $*"
+echo "shutdown_timeout=$TORCH_ELASTIC_SHUTDOWN_TIMEOUT signals=$PET_SIGNALS_TO_HANDLE args: $*"
 [[ $FAKE_PROGRESS == none ]] && exit 3  # not a training run: just record how it was started
 report() { echo "$1 restart=$SAPO_RESTART_COUNT step=$2${3:+ path=$3}" >>"$SAPO_RUN_STATUS_FILE"; }
 on_term() {
-    echo "FAKE_TRAIN got SIGTERM"
+    echo "FAKE_TRAIN got $1"
     if [[ $FAKE_PROGRESS == checkpoint ]]; then report checkpoint 3 /out/checkpoint-3; report sigterm_stop 3; fi
     exit 1
 }
-trap on_term TERM
+trap 'on_term SIGTERM' TERM
+trap 'on_term SIGUSR1' USR1  # torchrun's agent with PET_SIGNALS_TO_HANDLE, and the trainers, take it as SIGTERM
 [[ $FAKE_PROGRESS == startup ]] || report train_begin 2
 touch "$FAKE_READY"
 for i in $(seq 1 300); do sleep 0.1; done
@@ -125,11 +126,12 @@ def run_launcher(tmp_path, progress="checkpoint", fail=(), restart=0, signal_job
 
 def test_trap_survives_an_unreachable_slurmctld(tmp_path):
     """squeue, scancel and scontrol all fail (slurmctld down during a mass pre-emption): the trap does not abort the
-    script (set -euo pipefail), SIGTERM still reaches training through srun (SIGUSR1 -> node command -> SIGTERM),
-    training saves, the failed requeue is retried and reported, and the job ends cleanly."""
+    script (set -euo pipefail), the stop signal still reaches training through srun (SIGUSR1, which torchrun's agent
+    is told to handle like SIGTERM), training saves, the failed requeue is retried and reported, and the job ends
+    cleanly."""
     code, out, node_log, calls = run_launcher(tmp_path, fail=("squeue", "scancel", "requeue", "show-job"))
-    assert "SIGUSR1 from the batch script: SIGTERM to the launcher" in node_log, node_log
-    assert "FAKE_TRAIN got SIGTERM" in node_log, node_log
+    assert "FAKE_TRAIN got SIGUSR1" in node_log, node_log
+    assert "signals=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 " in node_log, node_log
     assert "squeue/scancel failed (slurmctld unreachable?): SIGUSR1 to srun" in out, out
     assert calls.count(f"requeue requeue {JOB_ID}\n") == 2, calls  # retried once
     assert "could not requeue" in out and "saved /out/checkpoint-3 and stopped cleanly" in out, out
@@ -142,7 +144,7 @@ def test_trap_forwards_through_scancel_and_requeues_after_progress(tmp_path):
     code, out, node_log, calls = run_launcher(tmp_path, env={"SBATCH_SIGNAL": "B:TERM@300"})
     assert code == 0, out
     assert f"scancel --signal=TERM {JOB_ID}.0\n" in calls, calls
-    assert "SIGUSR1" not in node_log and "FAKE_TRAIN got SIGTERM" in node_log, node_log
+    assert "FAKE_TRAIN got SIGTERM" in node_log, node_log
     assert "shutdown_timeout=280 " in node_log, node_log  # 300 s lead - 20 s to requeue
     assert f"requeue requeue {JOB_ID}" in calls and "this run saved /out/checkpoint-3" in out, (calls, out)
     assert (tmp_path / "logs" / JOB_ID / "requeues").read_text() == "restart=0 kind=progress\n"

@@ -332,7 +332,7 @@ class PreemptionCallback(TrainerCallback):
         self.trainer = trainer
         self.requested = False
         self.preempted = False
-        self._previous = None
+        self._previous = {}
         self._installed = False
 
     def _handler(self, signum, frame):
@@ -347,7 +347,8 @@ class PreemptionCallback(TrainerCallback):
         if threading.current_thread() is not threading.main_thread():
             warnings.warn("save_on_sigterm: train() is not in the main thread, SIGTERM is not handled.", stacklevel=2)
             return
-        self._previous = signal.signal(signal.SIGTERM, self._handler)
+        # SIGUSR1 too: slurm/train_multinode.sbatch's fallback when slurmctld is unreachable (srun forwards it).
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
         self._installed = True
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -369,7 +370,8 @@ class PreemptionCallback(TrainerCallback):
 
     def uninstall(self) -> None:
         if self._installed:
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
             self._installed = False
 
 
