@@ -183,7 +183,8 @@ def resolve_resume_from_checkpoint(args, resume_from_checkpoint="from-args") -> 
         raise CheckpointError(value)
     problem = None
     if proof is not None and not os.path.isfile(proof):
-        problem = f"process {state.process_index} on {socket.gethostname()} does not see {proof}"
+        mine = latest_checkpoint(args.output_dir) if args.output_dir else None
+        problem = f"process {state.process_index} on {socket.gethostname()} does not see {proof} (its latest: {mine})"
     problems = [p for p in gather_object([problem]) if p is not None]
     if problems:
         raise CheckpointError(
