@@ -36,7 +36,9 @@ Pre-emption (`PreemptionCallback`, `SAPOConfig.save_on_sigterm`)
     the ranks all-reduce it, save a full checkpoint (rollouts included) and stop; `train()` then exits the process
     with status 0 so that no post-training code runs inside the grace period. Further SIGTERMs are ignored (torchrun
     forwards SLURM's signal a second time); the hard stop is SIGKILL. Under `accelerate launch`/torchrun the agent
-    SIGKILLs its workers 30 s after forwarding a SIGTERM, so the step in progress plus the save must fit in 30 s.
+    SIGKILLs its workers TORCH_ELASTIC_SHUTDOWN_TIMEOUT s (default 30; the SLURM launcher derives it from the signal
+    lead time) after forwarding a SIGTERM: the step in progress plus the save must fit in it. A SIGTERM during a
+    periodic save stops training right after that save. SIGUSR1 is handled the same way (the launcher's fallback).
     Compared with transformers' `enable_jit_checkpoint`: no 3 s per-rank timer (ranks could stop at different steps),
     never saves between backward and optimizer step, and the checkpoint holds the buffered rollouts.
 
