@@ -35,7 +35,7 @@ wait $child
 # FAKE_FAIL: space-separated commands that fail (squeue, scancel, requeue, show-job).
 FAKE_SLURM_CLIENT = """#!/bin/bash
 name=$(basename "$0")
-[[ $name == scontrol && $1 == show && $2 == hostnames ]] && { echo n1; exit 0; }
+[[ $name == scontrol && $1 == show && $2 == hostnames ]] && { printf '%s\\n' ${FAKE_NODES:-n1}; exit 0; }
 [[ $name == scontrol ]] && name=$1
 [[ $name == show ]] && name=show-$2
 echo "$name $*" >>"$FAKE_CALLS"
@@ -185,6 +185,20 @@ def test_max_requeues_caps_restarts(tmp_path):
     assert "requeue " not in calls, calls
     assert "not requeueing job 4242: MAX_REQUEUES=2 reached (this was restart 2)" in out, out
     assert code == 0, out  # this run did save its checkpoint: a clean stop
+
+
+def test_sigterm_during_start_up_skips_training_and_requeues(tmp_path):
+    """SIGTERM while the launcher still waits for the vLLM server: training is not started at all, and the job is
+    requeued as a start-up requeue (counted against MAX_STARTUP_REQUEUES, not as progress)."""
+    fake_trl = write_exe(tmp_path / "fake_trl", '#!/bin/bash\ntouch "$FAKE_READY"\nexec sleep 60\n')
+    code, out, node_log, calls = run_launcher(
+        tmp_path, env={"VLLM_SERVER": "1", "TRL": str(fake_trl), "FAKE_NODES": "n1 n2", "SLURM_NNODES": "2"}
+    )
+    assert "vLLM server on n2" in out and node_log == "", (out, node_log)  # no training step was started
+    assert not (tmp_path / "train.pid").exists()
+    assert "start-up requeue 1 of at most 3" in out and f"requeue requeue {JOB_ID}" in calls, (out, calls)
+    assert (tmp_path / "logs" / JOB_ID / "requeues").read_text() == "restart=0 kind=startup\n"
+    assert code == 0, out
 
 
 @pytest.mark.parametrize(
