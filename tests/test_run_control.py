@@ -178,3 +178,44 @@ def test_two_ranks_share_rank0s_choice_and_its_errors(tmp_path):
 
     assert [r["locked"][0] for r in records] == ["RunLockError"] * 2, records
     assert "in use by SLURM job 999 on gpu-node-7" in records[1]["locked"][1]
+
+
+@pytest.mark.slow
+def test_rotation_keeps_the_last_complete_checkpoint_until_the_new_one_is_marked(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    """save_total_limit: 1. transformers rotates inside `_save_checkpoint`, before the other ranks are known to be
+    done: a save cut off right after it would leave no complete checkpoint. At the point where the new checkpoint is
+    written but not yet marked (a user callback's on_save runs before the marker), the previous, complete one is still
+    there; after training only the last one is left, marked, and the run reported its progress."""
+    from test_script import load_script, tiny_run_args, write_reward_module
+    from transformers import TrainerCallback
+
+    from trl_sapo.checkpoints import COMPLETE_MARKER_NAME, RUN_STATUS_ENV
+    from trl_sapo.gsm8k.recipe import parse_args
+
+    seen = []
+
+    class RecordCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            out = Path(args.output_dir)
+            seen.append({p.name: (p / COMPLETE_MARKER_NAME).exists() for p in sorted(out.glob("checkpoint-*"))})
+
+    monkeypatch.chdir(tmp_path)  # the reward module is imported from the working directory
+    monkeypatch.setenv(RUN_STATUS_ENV, str(tmp_path / "run_status"))
+    out = tmp_path / "out"
+    flags = tiny_run_args(tiny_model_path, out, reward_funcs=[write_reward_module(tmp_path)], save_strategy="steps",
+                          save_steps=1, save_total_limit=1, max_steps=3)  # fmt: skip
+    script = load_script()
+    trainer = script.main(*parse_args(flags), callbacks=[RecordCheckpoints()])
+    assert seen == [{"checkpoint-1": False}, {"checkpoint-1": True, "checkpoint-2": False},
+                    {"checkpoint-2": True, "checkpoint-3": False}]  # fmt: skip
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert (out / "checkpoint-3" / COMPLETE_MARKER_NAME).exists()
+    assert trainer.args.save_total_limit == 1  # restored after training
+    assert not (out / LOCK_NAME).exists()  # released at the end of main()
+    assert (tmp_path / "run_status").read_text().splitlines() == [
+        "train_begin restart=0 step=0",
+        *(f"checkpoint restart=0 step={s} path={out / f'checkpoint-{s}'}" for s in (1, 2, 3)),
+        "train_end restart=0 step=3",
+    ]

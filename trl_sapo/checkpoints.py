@@ -283,27 +283,46 @@ class CheckpointCompletionCallback(TrainerCallback):
     """After each save: barrier, then every process that saves (`args.should_save`) writes
     `checkpoint-N/sapo_checkpoint_complete.json`, and rank 0 reports the checkpoint to $SAPO_RUN_STATUS_FILE.
 
+    `save_total_limit` rotation is moved after the marker: transformers rotates inside `_save_checkpoint`, before the
+    other ranks are known to be done, so with `save_total_limit: 1` a save cut off there would leave no complete
+    checkpoint at all. During `train()` the limit the Trainer sees is one higher (so the newest complete checkpoint
+    survives its rotation); the real limit is applied here once the new checkpoint is marked, and restored at the end.
+
     Also reports `train_begin`, and `sigterm_stop` / `train_end` at the end of training (`preemption`: the trainer's
     `PreemptionCallback`, whose `preempted` flag tells the two apart)."""
 
     def __init__(self, preemption=None):
         self.preemption = preemption
+        self.save_total_limit = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.save_total_limit is None and args.save_total_limit and args.save_total_limit > 0:
+            self.save_total_limit = args.save_total_limit
+            args.save_total_limit += 1
         if state.is_world_process_zero:
             report_run_status("train_begin", state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
         from accelerate import PartialState
+        from transformers.trainer_utils import rotate_checkpoints
 
         path = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         PartialState().wait_for_everyone()  # every rank's files of this checkpoint are written
         if args.should_save and os.path.isdir(path):
             write_complete_marker(path, state.global_step, args.world_size)
+            # Same call as Trainer._save_checkpoint (transformers 5.23), with the real limit.
+            rotate_checkpoints(
+                output_dir=args.output_dir,
+                save_total_limit=self.save_total_limit,
+                best_model_checkpoint=state.best_model_checkpoint,
+                use_mtime=True,
+            )
         if state.is_world_process_zero:
             report_run_status("checkpoint", state.global_step, path=path)
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.save_total_limit is not None:
+            args.save_total_limit, self.save_total_limit = self.save_total_limit, None
         if state.is_world_process_zero:
             preempted = self.preemption is not None and self.preemption.preempted
             report_run_status("sigterm_stop" if preempted else "train_end", state.global_step)
