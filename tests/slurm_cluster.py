@@ -291,9 +291,25 @@ TOTAL_BATCH_RE = re.compile(r"Total train batch size \(w\. parallel, distributed
 # random model; scripts/gsm8k_sapo.py imports it as a dotted path found on PYTHONPATH.
 # SAPO_TEST_REWARD_MARKER (optional): each call appends a line to that file and then sleeps SAPO_TEST_REWARD_SLEEP s,
 # so a test can tell which step the ranks are in and signal the job mid-training; neither changes the numbers.
+# SAPO_TEST_SAVE_SLEEP (optional): in the first run of a job only (SAPO_RESTART_COUNT 0), every checkpoint save
+# appends a line to SAPO_TEST_SAVE_MARKER and then takes that many seconds longer (before trainer_state.json), to
+# test a save longer than torchrun's default 30 s shutdown timeout.
 REWARD_MODULE = '''
 import os
 import time
+
+if os.environ.get("SAPO_TEST_SAVE_SLEEP") and os.environ.get("SAPO_RESTART_COUNT", "0") == "0":
+    import transformers
+
+    _save_rng_state = transformers.Trainer._save_rng_state
+
+    def _slow_save_rng_state(self, output_dir):
+        with open(os.environ["SAPO_TEST_SAVE_MARKER"], "a") as f:
+            f.write(f"rank {os.environ.get('RANK', '0')} saving {output_dir}\\n")
+        time.sleep(float(os.environ["SAPO_TEST_SAVE_SLEEP"]))
+        return _save_rng_state(self, output_dir)
+
+    transformers.Trainer._save_rng_state = _slow_save_rng_state
 
 
 def length_reward(completions, **kwargs):

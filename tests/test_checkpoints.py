@@ -12,18 +12,27 @@ from trl import TrlParser
 
 from trl_sapo import SAPOConfig
 from trl_sapo.checkpoints import (
+    COMPLETE_MARKER_NAME,
     CheckpointError,
     latest_checkpoint,
     parse_resume_option,
     resolve_resume_from_checkpoint,
+    write_complete_marker,
 )
 
 
-def make_checkpoint(output_dir, step, complete=True):
+def make_checkpoint(output_dir, step, complete=True, kind="sapo"):
+    """A `checkpoint-N` folder: complete = marked (every rank saved); else a save cut off before the marker
+    (kind "sapo": rank 0 got as far as trainer_state.json, "early": not even that); kind "foreign": another
+    trainer's checkpoint (trainer_state.json, no rollout state, no marker)."""
     path = output_dir / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    if complete:
+    if complete or kind != "early":
         (path / "trainer_state.json").write_text("{}")
+    if kind != "foreign":
+        (path / "sapo_rollout_state_0.pt").write_bytes(b"")
+    if complete and kind != "foreign":
+        write_complete_marker(path, step, 2)
     return path
 
 
@@ -65,13 +74,20 @@ def test_true_without_checkpoint_names_output_dir(tmp_path):
         resolve_resume_from_checkpoint(args(tmp_path / "missing", True))
 
 
-def test_incomplete_latest_checkpoint_is_skipped(tmp_path, caplog):
+@pytest.mark.parametrize("kind", ["sapo", "early"])
+def test_cut_off_save_after_the_latest_is_skipped_and_deleted(tmp_path, caplog, kind):
+    """Rank 0's trainer_state.json alone ("sapo") does not make a checkpoint complete: only the marker written after
+    the barrier does. The cut-off folder is deleted, so the resumed run saves that step into a clean folder."""
     make_checkpoint(tmp_path, 3)
-    make_checkpoint(tmp_path, 4, complete=False)  # SIGKILL during the save: no trainer_state.json
+    make_checkpoint(tmp_path, 4, complete=False, kind=kind)  # SIGKILL during the save
     with caplog.at_level(logging.WARNING, logger="trl_sapo.checkpoints"):
-        assert resolve_resume_from_checkpoint(args(tmp_path, "true")) == str(tmp_path / "checkpoint-3")
         assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
-    assert f"Skipping {tmp_path / 'checkpoint-4'}: no trainer_state.json" in caplog.text
+        assert f"Skipping {tmp_path / 'checkpoint-4'}: no {COMPLETE_MARKER_NAME} (a save that did not finish)" in (
+            caplog.text
+        )
+        assert resolve_resume_from_checkpoint(args(tmp_path, "true")) == str(tmp_path / "checkpoint-3")
+    assert f"Deleting {tmp_path / 'checkpoint-4'}: a save that did not finish" in caplog.text
+    assert not (tmp_path / "checkpoint-4").exists() and (tmp_path / "checkpoint-3").is_dir()
 
 
 def test_auto_resumes_from_latest_and_logs_it(tmp_path, caplog):
@@ -85,10 +101,25 @@ def test_auto_resumes_from_latest_and_logs_it(tmp_path, caplog):
     assert caplog.messages[-1].startswith(f"Resuming from {tmp_path / 'checkpoint-2'}, the latest checkpoint in")
 
 
-def test_auto_with_only_unfinished_saves_refuses(tmp_path):
+def test_first_save_cut_off_restarts_cleanly(tmp_path):
+    """The first checkpoint of a run was cut off (e.g. the save window was too short): `auto` starts fresh (it used
+    to refuse forever, "only unfinished checkpoints"), `true` still says there is nothing to resume."""
     make_checkpoint(tmp_path, 1, complete=False)
-    with pytest.raises(CheckpointError, match="holds only unfinished checkpoints"):
+    with pytest.raises(CheckpointError, match="holds no finished"):
+        resolve_resume_from_checkpoint(args(tmp_path, "true"))
+    make_checkpoint(tmp_path, 1, complete=False, kind="early")
+    assert resolve_resume_from_checkpoint(args(tmp_path)) is None
+    assert not (tmp_path / "checkpoint-1").exists()
+
+
+def test_auto_never_mixes_with_another_trainers_checkpoints(tmp_path, caplog):
+    ckpt = make_checkpoint(tmp_path, 5, complete=False, kind="foreign")
+    with pytest.raises(CheckpointError, match=f"without {COMPLETE_MARKER_NAME} .*resume from one with"):
         resolve_resume_from_checkpoint(args(tmp_path))
+    assert ckpt.is_dir()  # not deleted: it may be a finished checkpoint of another trainer
+    with caplog.at_level(logging.WARNING, logger="trl_sapo.checkpoints"):
+        assert resolve_resume_from_checkpoint(args(tmp_path, str(ckpt))) == str(ckpt)  # named: used, with a warning
+    assert f"{ckpt} has no {COMPLETE_MARKER_NAME}" in caplog.text
 
 
 def test_false_starts_fresh_but_never_mixes_runs(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -135,7 +136,7 @@ def test_launcher_help_and_refuses_to_run_outside_slurm():
     assert refused.returncode == 2 and "not inside a SLURM job" in refused.stderr
 
 
-# Stand-ins for `trl vllm-serve` (answers /health/ until SIGTERM) and the training script (records what it got), to
+# Stand-ins for `trl vllm-serve` (answers /health, the route TRL's VLLMClient polls, until SIGTERM) and the training script (records what it got), to
 # check the launcher's VLLM_SERVER=1 wiring where vLLM and GPUs are not available.
 FAKE_TRL = """#!{python}
 import http.server, json, os, signal, socket, sys
@@ -143,7 +144,7 @@ print("FAKE_VLLM", json.dumps(sys.argv[1:]), os.environ.get("SLURMD_NODENAME"), 
 port = int(sys.argv[sys.argv.index("--port") + 1])
 class Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(200 if self.path == "/health/" else 404)
+        self.send_response(200 if self.path == "/health" else 404)
         self.end_headers()
 signal.signal(signal.SIGTERM, lambda *a: (print("FAKE_VLLM stopped", flush=True), os._exit(0)))
 http.server.HTTPServer((sys.argv[sys.argv.index("--host") + 1], port), Health).serve_forever()
@@ -198,8 +199,15 @@ def test_vllm_server_on_last_node_and_trainers_pointed_at_it(slurm_cluster, tmp_
         (2, "accelerate_configs/single_gpu.yaml", {}, "has distributed_type 'NO'; multi-node needs MULTI_GPU"),
         (1, ACCEL_CONFIG, {"VLLM_SERVER": "1"}, "VLLM_SERVER=1 needs at least 2 nodes"),
         (2, ACCEL_CONFIG, {"GPUS_PER_NODE": "eight"}, "GPUS_PER_NODE must be a number"),
+        pytest.param(
+            2,
+            "accelerate_configs/multi_gpu.yaml",
+            {},
+            "no GPUs visible on",
+            marks=pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this host has GPUs"),
+        ),
     ],
-    ids=["single-process-config", "vllm-one-node", "bad-gpus-per-node"],
+    ids=["single-process-config", "vllm-one-node", "bad-gpus-per-node", "gpu-run-without-gres"],
 )
 def test_launcher_rejects_unusable_settings(slurm_cluster, tmp_path, nodes, config, env, message):
     """Settings that cannot give a multi-node run fail the job at once with a message, before any training."""
@@ -304,29 +312,41 @@ def test_preempted_job_requeues_and_resumes_bit_exact(slurm_cluster, tmp_path, t
     assert diff == 0.0
 
 
-# Stand-in for `accelerate launch`: the first run waits for SIGTERM ("saves" and exits 0), a restart finishes at once.
+# Stand-in for `accelerate launch`: the first run reports that training began, waits for SIGTERM, reports a complete
+# checkpoint and its stop (as trl_sapo's CheckpointCompletionCallback does) and exits 1, as torchrun's agent does after
+# any signal; a restart finishes at once.
 FAKE_ACCELERATE = """#!/bin/bash
 echo "FAKE_TRAIN restart=$SAPO_RESTART_COUNT args: $*"
 if [[ "$SAPO_RESTART_COUNT" != 0 ]]; then echo "FAKE_TRAIN finished"; exit 0; fi
-trap 'echo "FAKE_TRAIN got SIGTERM"; exit 0' TERM
+report() { [[ $SLURM_NODEID != 0 ]] || echo "$1 restart=$SAPO_RESTART_COUNT step=7${2:+ path=$2}" >>"$SAPO_RUN_STATUS_FILE"; }
+on_stop() { echo "FAKE_TRAIN got $1"; report checkpoint out/checkpoint-7; report sigterm_stop; exit 1; }
+trap 'on_stop SIGTERM' TERM
+trap 'on_stop SIGUSR1' USR1  # the trap's fallback; torchrun's agent and the trainers handle it like SIGTERM
+report train_begin
 touch "$FAKE_READY.$SLURM_NODEID"
 for i in $(seq 1 1200); do sleep 0.1; done
 exit 3
 """
+FAILING_CLIENT = '#!/bin/bash\necho "$(basename $0): error: Unable to contact slurm controller" >&2\nexit 1\n'
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT)
 @pytest.mark.parametrize(
-    ("scancel_flags", "requeued"),
-    [(["--batch"], True), ([], False)],
-    ids=["time-limit-warning-requeues", "user-stop-does-not"],
+    ("scancel_flags", "requeued", "slurmctld_down_in_trap"),
+    [(["--batch"], True, False), ([], False, False), (["--batch"], True, True)],
+    ids=["time-limit-warning-requeues", "user-stop-does-not", "trap-without-squeue-scancel"],
 )
-def test_launcher_requeues_on_time_limit_signal_but_not_on_user_stop(slurm_cluster, tmp_path, scancel_flags, requeued):
+def test_launcher_requeues_on_time_limit_signal_but_not_on_user_stop(
+    slurm_cluster, tmp_path, scancel_flags, requeued, slurmctld_down_in_trap
+):
     """`--signal=B:TERM@180` delivers SIGTERM to the batch script only (here: `scancel --batch`): the launcher passes
     it to the training step, requeues, and the restart appends `--resume_from_checkpoint auto`. SIGTERM to the job
-    steps only (`scancel --signal=TERM <job>`, a user stopping the run) checkpoints and ends the job for good."""
+    steps only (`scancel --signal=TERM <job>`, a user stopping the run) checkpoints and ends the job for good, as
+    COMPLETED 0:0 although torchrun exits 1 after a signal. With `squeue` and `scancel` failing inside the batch
+    script (slurmctld unreachable), the trap still reaches the training step (SIGUSR1 through srun and the slurmds,
+    which torchrun's agent and the trainers handle like SIGTERM)."""
     fake = tmp_path / "fake_accelerate"
     fake.write_text(FAKE_ACCELERATE)
     fake.chmod(0o755)
@@ -334,6 +354,12 @@ def test_launcher_requeues_on_time_limit_signal_but_not_on_user_stop(slurm_clust
     recipe.write_text("model_name_or_path: x\n")
     ready = tmp_path / "ready"
     env = {"LOG_DIR": str(tmp_path / "logs"), "GPUS_PER_NODE": "0", "ACCELERATE": str(fake), "FAKE_READY": str(ready)}
+    if slurmctld_down_in_trap:
+        (tmp_path / "bin").mkdir()
+        for name in ("squeue", "scancel"):
+            (tmp_path / "bin" / name).write_text(FAILING_CLIENT)
+            (tmp_path / "bin" / name).chmod(0o755)
+        env["PATH"] = f"{tmp_path / 'bin'}:{slurm_cluster.env['PATH']}"
     job_id = slurm_cluster.sbatch(
         ["--nodes=2", f"--output={tmp_path}/slurm-%j.out", str(LAUNCHER), ACCEL_CONFIG, str(recipe),
          "--resume_from_checkpoint", "out/checkpoint-7"], env=env, cwd=REPO_ROOT)  # fmt: skip
@@ -345,10 +371,12 @@ def test_launcher_requeues_on_time_limit_signal_but_not_on_user_stop(slurm_clust
         info,
         batch_out,
     )
+    assert ("SIGUSR1 to srun" in batch_out) == slurmctld_down_in_trap, batch_out
     for rank in (0, 1):
         log = (tmp_path / "logs" / job_id / f"node{rank}.log").read_text()
         first, *rest = log.split(" restart=1\n")  # the launcher's header line of the restarted run
-        assert "FAKE_TRAIN got SIGTERM" in first, log  # the training step got the signal, and saved
+        # the training step got the signal, and saved
+        assert f"FAKE_TRAIN got {'SIGUSR1' if slurmctld_down_in_trap else 'SIGTERM'}" in first, log
         assert ("requeueing job" in batch_out) == requeued, batch_out
         if requeued:  # the restart continues from the latest checkpoint, not from the one named at submission
             (second,) = rest
@@ -356,3 +384,60 @@ def test_launcher_requeues_on_time_limit_signal_but_not_on_user_stop(slurm_clust
             assert "FAKE_TRAIN finished" in second, second
         else:
             assert rest == [], log
+            assert "stopped cleanly" in batch_out, batch_out
+
+
+SLOW_SAVE_SECONDS = 40  # > torchrun's default 30 s between its SIGTERM and SIGKILL
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(3 * JOB_TIMEOUT)
+def test_sigterm_during_a_slow_save_keeps_that_checkpoint_and_resumes_from_it(
+    slurm_cluster, tmp_path, tiny_model_path
+):
+    """The time-limit warning (SIGTERM to the batch script) arrives while the trainers write checkpoint-1 and the save
+    takes 40 s. The launcher gives torchrun a shutdown timeout derived from the 180 s lead time (not its default 30 s,
+    which would SIGKILL the workers mid-save), the trainers finish that save and stop right after it (no step 2), the
+    checkpoint is marked complete, the job is requeued and the restart resumes from checkpoint-1 and finishes."""
+    recipe, env = write_tiny_run(tmp_path, tiny_model_path, max_steps=3)
+    saves = tmp_path / "saves"
+    env |= {"LOG_DIR": str(tmp_path / "logs"), "GPUS_PER_NODE": "0", "SAPO_TEST_SAVE_SLEEP": str(SLOW_SAVE_SECONDS),
+            "SAPO_TEST_SAVE_MARKER": str(saves)}  # fmt: skip
+    start = time.monotonic()
+    job_id = slurm_cluster.sbatch(
+        ["--nodes=2", f"--output={tmp_path}/slurm-%j.out", str(LAUNCHER), ACCEL_CONFIG, str(recipe)],
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    wait_for(lambda: saves.exists() and len(saves.read_text().splitlines()) >= 2, JOB_TIMEOUT, "both ranks saving")
+    slurm_cluster.run(["scancel", "--batch", "--signal=TERM", job_id])
+    signalled = time.monotonic() - start
+    info = slurm_cluster.wait(job_id, timeout=2 * JOB_TIMEOUT)
+    wall = time.monotonic() - start
+    report = job_report(tmp_path, job_id)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), (info, report)
+    assert all(line.endswith("checkpoint-1") for line in saves.read_text().splitlines()), saves.read_text()
+
+    batch_out = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=160s" in batch_out, batch_out
+    out = tmp_path / "out"
+    assert f"this run saved {out / 'checkpoint-1'}" in batch_out, batch_out
+    status = (tmp_path / "logs" / job_id / "run_status").read_text().splitlines()
+    first_run = [line for line in status if " restart=0 " in line]
+    assert first_run == ["train_begin restart=0 step=0", f"checkpoint restart=0 step=1 path={out / 'checkpoint-1'}",
+                         "sigterm_stop restart=0 step=1"], status  # fmt: skip
+    logs = node_logs(tmp_path, job_id)
+    assert_world_size_two(logs)
+    for log in logs.values():
+        first, second = log.split(" restart=1\n")
+        assert "Resuming training" not in first, first[-3000:]
+        assert re.search(r"Resuming training from checkpoint with epoch \d+ and global step 1\n", second), second[
+            -3000:
+        ]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert [e["step"] for e in finite_metrics(state)] == [1, 2, 3]
+    assert (out / "checkpoint-1" / "checkpoint_complete.json").exists()
+    print(f"slow-save job {job_id}: signalled at {signalled:.1f}s during the {SLOW_SAVE_SECONDS}s save of "
+          f"checkpoint-1, resumed from it, done in {wall:.1f}s")  # fmt: skip

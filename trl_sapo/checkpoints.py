@@ -17,8 +17,17 @@ checkpoints is refused rather than done: the new run would write `checkpoint-N` 
 `save_total_limit` would rotate them together), and a later auto-resume could pick the old run's higher step. Pick a
 new `output_dir`, or move/delete the old `checkpoint-*` folders.
 
-The latest checkpoint is the highest `checkpoint-N` that is complete: Trainer writes `trainer_state.json` last, so a
-folder without it (a save cut off by SIGKILL) is skipped with a warning.
+The latest checkpoint is the highest `checkpoint-N` that is complete: `CheckpointCompletionCallback` (added by
+`SAPOTrainer` / `ReliabilityMixin`) writes `checkpoint_complete.json` into it after a barrier, i.e. once every
+rank's files are on disk (transformers writes rank 0's `trainer_state.json` before the other ranks are known to be
+done). `auto` and `true` resume only from marked checkpoints. A save that was cut off (no marker, and no
+`trainer_state.json` or this trainer's rollout state: a SAPO save that never finished) is deleted by `auto`/`true`,
+so a first save cut off by SIGKILL leaves a run that starts fresh; an unmarked folder with a `trainer_state.json` but
+no rollout state (another trainer's checkpoint) is only used when named as PATH.
+
+With several processes rank 0 resolves the option and broadcasts its choice; every rank then checks that it sees
+that checkpoint (an error names the ranks that do not: node-local or lagging storage), so no two ranks resume from
+different checkpoints.
 
 Use it wherever `train()` is called from a config:
 
@@ -29,9 +38,14 @@ YAML values `true`/`false` arrive as booleans, command-line ones as strings; bot
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import socket
+import time
 
+from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
@@ -39,6 +53,10 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+COMPLETE_MARKER_NAME = "checkpoint_complete.json"
+ROLLOUT_STATE_PREFIX = "sapo_rollout_state"  # trl_sapo.reliability.ROLLOUT_STATE_NAME (not imported: no cycle)
+RUN_STATUS_ENV = "SAPO_RUN_STATUS_FILE"  # set by slurm/train_multinode.sbatch: where rank 0 reports progress
+RESTART_ENV = "SAPO_RESTART_COUNT"
 TRUE_VALUES = ("true", "yes", "1")
 FALSE_VALUES = ("false", "no", "0")
 AUTO_VALUES = ("auto", "")
@@ -77,19 +95,44 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[str]:
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    """True if `path` holds a finished Trainer checkpoint (`trainer_state.json`, written last)."""
-    return os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))
+    """True if `path` is marked complete (`checkpoint_complete.json`, written after every rank saved)."""
+    return os.path.isfile(os.path.join(path, COMPLETE_MARKER_NAME))
+
+
+def is_cut_off_save(path: str | os.PathLike) -> bool:
+    """True if `path` is an unmarked save of this trainer that never finished: no `trainer_state.json`, or rollout
+    state files (written only by `ReliabilityMixin`, which also writes the marker) without the marker."""
+    if is_complete_checkpoint(path):
+        return False
+    if not os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
+        return True
+    return any(name.startswith(ROLLOUT_STATE_PREFIX) for name in os.listdir(path))
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The highest complete `checkpoint-N` in `output_dir` (incomplete ones are skipped with a warning), or None.
-
-    Like `transformers.trainer_utils.get_last_checkpoint`, plus the completeness check."""
+    """The highest complete (marked) `checkpoint-N` in `output_dir` (unmarked ones are skipped with a warning), or
+    None. Like `transformers.trainer_utils.get_last_checkpoint`, plus the completeness check."""
     for path in reversed(list_checkpoints(output_dir)):
         if is_complete_checkpoint(path):
             return path
-        logger.warning(f"Skipping {path}: no {TRAINER_STATE_NAME} (a save that did not finish).")
+        why = "a save that did not finish" if is_cut_off_save(path) else "not written by a trl_sapo trainer"
+        logger.warning(f"Skipping {path}: no {COMPLETE_MARKER_NAME} ({why}).")
     return None
+
+
+def remove_cut_off_saves(output_dir: str | os.PathLike, newer_than: str | None = None) -> list[str]:
+    """Delete the cut-off saves (`is_cut_off_save`) in `output_dir` above `newer_than`'s step (all when None), with a
+    warning each; returns their paths. The trainer would otherwise write the same step into a folder holding another
+    save's leftovers, and `auto` would refuse to start next to them."""
+    floor = int(_CHECKPOINT_RE.match(os.path.basename(newer_than)).group(1)) if newer_than else -1
+    removed = []
+    for path in list_checkpoints(output_dir):
+        step = int(_CHECKPOINT_RE.match(os.path.basename(path)).group(1))
+        if step > floor and is_cut_off_save(path):
+            logger.warning(f"Deleting {path}: a save that did not finish (no {COMPLETE_MARKER_NAME}).")
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def parse_resume_option(value) -> bool | str | None:
@@ -115,29 +158,72 @@ def resolve_resume_from_checkpoint(args, resume_from_checkpoint="from-args") -> 
     anything with `output_dir` and `resume_from_checkpoint`), or None to start fresh. See the module docstring.
 
     `resume_from_checkpoint` overrides `args.resume_from_checkpoint` when given (same values). Raises
-    `CheckpointError` (a ValueError) when the option cannot be honoured."""
+    `CheckpointError` (a ValueError) when the option cannot be honoured, on every rank alike. With several processes
+    (a torch.distributed group is up) this is a collective: call it on every rank."""
     if resume_from_checkpoint == "from-args":
         resume_from_checkpoint = getattr(args, "resume_from_checkpoint", None)
+    state = _distributed_state()
+    if state is None:
+        return _resolve(args, resume_from_checkpoint, log=getattr(args, "should_log", True))
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    choice = [None]
+    if state.is_main_process:
+        try:
+            path = _resolve(args, resume_from_checkpoint, log=True)
+            # The file this rank saw: the marker, or trainer_state.json for an unmarked checkpoint named as PATH.
+            proof = path and os.path.join(
+                path, COMPLETE_MARKER_NAME if is_complete_checkpoint(path) else TRAINER_STATE_NAME
+            )
+            choice = [("ok", path, proof)]
+        except CheckpointError as exc:
+            choice = [("error", str(exc), None)]
+    kind, value, proof = broadcast_object_list(choice, from_process=0)[0]
+    if kind == "error":
+        raise CheckpointError(value)
+    problem = None
+    if proof is not None and not os.path.isfile(proof):
+        mine = latest_checkpoint(args.output_dir) if args.output_dir else None
+        problem = f"process {state.process_index} on {socket.gethostname()} does not see {proof} (its latest: {mine})"
+    problems = [p for p in gather_object([problem]) if p is not None]
+    if problems:
+        raise CheckpointError(
+            f"Rank 0 resumes from {value}, but {'; '.join(problems)}. Every rank must read the same checkpoint: put "
+            "output_dir on storage all nodes share (and wait for it to catch up), or copy the checkpoint to every node."
+        )
+    return value
+
+
+def _distributed_state():
+    """accelerate's PartialState when a torch.distributed group of more than one process is up, else None."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _resolve(args, resume_from_checkpoint, log: bool) -> str | None:
+    """`resolve_resume_from_checkpoint` on this process alone (rank 0's part with several processes)."""
     option = parse_resume_option(resume_from_checkpoint)
     output_dir = args.output_dir
     if isinstance(option, str):
         if not os.path.isdir(option):
             raise CheckpointError(f"resume_from_checkpoint={option!r}: no such folder.")
-        if not is_complete_checkpoint(option):
+        if not os.path.isfile(os.path.join(option, TRAINER_STATE_NAME)):
             raise CheckpointError(
                 f"resume_from_checkpoint={option!r} is not a finished checkpoint (no {TRAINER_STATE_NAME}); pass a "
                 f"`{PREFIX_CHECKPOINT_DIR}-N` folder, or `true` for the latest one in output_dir."
             )
+        if not is_complete_checkpoint(option) and log:
+            logger.warning(
+                f"{option} has no {COMPLETE_MARKER_NAME} (written once every rank's files of a trl_sapo save are on "
+                "disk): resuming from it because it was named explicitly."
+            )
         return option
     latest = latest_checkpoint(output_dir) if output_dir else None
-    if option is True:
-        if latest is None:
-            raise CheckpointError(
-                f"resume_from_checkpoint=true, but output_dir {output_dir!r} holds no finished "
-                f"`{PREFIX_CHECKPOINT_DIR}-N` folder to resume from. Check --output_dir, or drop the flag to start "
-                "fresh."
-            )
-        return latest
     if option is False:
         existing = list_checkpoints(output_dir) if output_dir else []
         if existing:
@@ -149,16 +235,104 @@ def resolve_resume_from_checkpoint(args, resume_from_checkpoint="from-args") -> 
                 f"`{PREFIX_CHECKPOINT_DIR}-*` folders; drop the flag (or pass `true`) to continue the old run instead."
             )
         return None
+    if output_dir:
+        remove_cut_off_saves(output_dir, newer_than=latest)
+    if option is True:
+        if latest is None:
+            raise CheckpointError(
+                f"resume_from_checkpoint=true, but output_dir {output_dir!r} holds no finished "
+                f"`{PREFIX_CHECKPOINT_DIR}-N` folder to resume from. Check --output_dir, or drop the flag to start "
+                "fresh."
+            )
+        return latest
     if latest is not None:  # auto
-        if getattr(args, "should_log", True):
+        if log:
             logger.warning(
                 f"Resuming from {latest}, the latest checkpoint in output_dir (pass --resume_from_checkpoint false "
                 "and a new --output_dir to start a fresh run)."
             )
         return latest
-    if output_dir and list_checkpoints(output_dir):  # only unfinished saves: starting fresh would mix with them
+    if output_dir and (unmarked := list_checkpoints(output_dir)):  # another trainer's checkpoints: never mixed with
         raise CheckpointError(
-            f"output_dir {output_dir!r} holds only unfinished checkpoints ({', '.join(list_checkpoints(output_dir))}): "
-            "delete them or use a new --output_dir."
+            f"output_dir {output_dir!r} holds checkpoints without {COMPLETE_MARKER_NAME} ({', '.join(unmarked)}), "
+            "not written by a trl_sapo trainer: resume from one with --resume_from_checkpoint PATH, or use a new "
+            "--output_dir."
         )
     return None
+
+
+# ---- completion marker and progress report ---------------------------------------------------------------------
+
+
+def report_run_status(event: str, step: int, **fields) -> None:
+    """Append `EVENT restart=R step=S [key=value ...]` to the file named by $SAPO_RUN_STATUS_FILE (set by the SLURM
+    launcher, which decides from it whether a stopped run made progress); no-op without it. Never raises."""
+    path = os.environ.get(RUN_STATUS_ENV)
+    if not path:
+        return
+    extra = "".join(f" {k}={v}" for k, v in fields.items())  # `path=` last: it may contain spaces
+    line = f"{event} restart={os.environ.get(RESTART_ENV, '0')} step={step}{extra}\n"
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+    except OSError as exc:
+        logger.warning(f"Could not report {event!r} to {path}: {exc}")
+
+
+class CheckpointCompletionCallback(TrainerCallback):
+    """After each save: barrier, then every process that saves (`args.should_save`) writes
+    `checkpoint-N/checkpoint_complete.json`, and rank 0 reports the checkpoint to $SAPO_RUN_STATUS_FILE.
+
+    `save_total_limit` rotation is moved after the marker: transformers rotates inside `_save_checkpoint`, before the
+    other ranks are known to be done, so with `save_total_limit: 1` a save cut off there would leave no complete
+    checkpoint at all. During `train()` the limit the Trainer sees is one higher (so the newest complete checkpoint
+    survives its rotation); the real limit is applied here once the new checkpoint is marked, and restored at the end.
+
+    Also reports `train_begin`, and `sigterm_stop` / `train_end` at the end of training (`preemption`: the trainer's
+    `PreemptionCallback`, whose `preempted` flag tells the two apart)."""
+
+    def __init__(self, preemption=None):
+        self.preemption = preemption
+        self.save_total_limit = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.save_total_limit is None and args.save_total_limit and args.save_total_limit > 0:
+            self.save_total_limit = args.save_total_limit
+            args.save_total_limit += 1
+        if state.is_world_process_zero:
+            report_run_status("train_begin", state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+        from transformers.trainer_utils import rotate_checkpoints
+
+        path = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        PartialState().wait_for_everyone()  # every rank's files of this checkpoint are written
+        if args.should_save and os.path.isdir(path):
+            write_complete_marker(path, state.global_step, args.world_size)
+            # Same call as Trainer._save_checkpoint (transformers 5.23), with the real limit.
+            rotate_checkpoints(
+                output_dir=args.output_dir,
+                save_total_limit=self.save_total_limit,
+                best_model_checkpoint=state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        if state.is_world_process_zero:
+            report_run_status("checkpoint", state.global_step, path=path)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.save_total_limit is not None:
+            args.save_total_limit, self.save_total_limit = self.save_total_limit, None
+        if state.is_world_process_zero:
+            preempted = self.preemption is not None and self.preemption.preempted
+            report_run_status("sigterm_stop" if preempted else "train_end", state.global_step)
+
+
+def write_complete_marker(path: str | os.PathLike, global_step: int, num_processes: int) -> None:
+    """Mark `path` complete (atomically: a reader never sees a half-written marker)."""
+    marker = os.path.join(path, COMPLETE_MARKER_NAME)
+    info = {"global_step": global_step, "num_processes": num_processes, "host": socket.gethostname(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    with open(marker + ".tmp", "w") as f:
+        json.dump(info, f)
+    os.replace(marker + ".tmp", marker)

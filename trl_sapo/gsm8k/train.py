@@ -43,6 +43,7 @@ from ..checkpoints import resolve_resume_from_checkpoint
 from ..config import SAPOConfig
 from ..launch import check_backend, check_world_size, merge_adapter
 from ..reliability import PREEMPTED_EXIT_CODE
+from ..run_lock import acquire_run_lock
 from ..trainer import SAPOTrainer
 from .recipe import GSM8KScriptArguments, check_args, hub_dataset_name, load_reward_funcs, load_split, parse_args
 
@@ -61,7 +62,9 @@ def train_gsm8k(
     check_args(script_args, training_args, model_args)
     check_world_size(training_args.world_size)
     # true / false / auto (default: the latest checkpoint in output_dir, if any) / a path; trl_sapo/checkpoints.py.
-    # Resolved before any loading, so an impossible choice fails at once.
+    # Resolved before any loading, so an impossible choice fails at once; rank 0 chooses for every rank. The lock
+    # refuses a second run writing the same output_dir (trl_sapo/run_lock.py); it is a collective: every rank calls it.
+    run_lock = acquire_run_lock(training_args)
     resume_from = resolve_resume_from_checkpoint(training_args)
     reward_funcs = load_reward_funcs(script_args.reward_funcs)
 
@@ -104,6 +107,8 @@ def train_gsm8k(
 
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.preempted:
+        if run_lock is not None:
+            run_lock.release()
         return trainer  # the checkpoint is saved; the grace period is for exiting, not for the final save
     # GRPOTrainer.log merges the metrics not yet logged (steps since the last logging step) into this summary, with
     # None for metrics without data (e.g. sapo/*_pos when no token had A > 0); Trainer.log_metrics cannot print None.
@@ -132,6 +137,8 @@ def train_gsm8k(
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=hub_dataset_name(script_args.dataset_name), tags=["gsm8k"])
         trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}.")
+    if run_lock is not None:
+        run_lock.release()
     trainer.end()
     return trainer
 

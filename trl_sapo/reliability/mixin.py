@@ -19,6 +19,7 @@ import warnings
 from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
 
+from ..checkpoints import CheckpointCompletionCallback
 from .nonfinite import NonFiniteWatchdog
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
 from .rewards import guard_reward_funcs
@@ -42,9 +43,9 @@ PRIVATE_OVERRIDES = {
     "_save_checkpoint": (
         "transformers.Trainer",
         "(self, model, trial)",
-        "the rollout state must be written before trainer_state.json, the file that marks a checkpoint finished "
-        "(trl_sapo.checkpoints); on_save runs after it (a kill in between would leave a 'finished' checkpoint "
-        "without its rollouts)",
+        "the rollout state must be in the checkpoint before transformers writes trainer_state.json (what "
+        "get_last_checkpoint and plain `resume_from_checkpoint=True` take as finished); on_save runs after it, so "
+        "a kill in between would leave a checkpoint that looks finished to them but lacks its rollouts",
     ),
 }
 """Private methods `ReliabilityMixin` overrides: name -> (defining class, signature, why no public hook serves)."""
@@ -119,6 +120,8 @@ class ReliabilityMixin:
         for callback in (self._watchdog, self._preemption, self._rollout_resume):
             if callback is not None:
                 self.add_callback(callback)
+        # completion marker after a barrier on every rank, rotation after it, progress for the SLURM launcher
+        self.add_callback(CheckpointCompletionCallback(self._preemption))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._rollout_resume.checkpoint = resolve_checkpoint(self, resume_from_checkpoint)
@@ -158,7 +161,7 @@ class ReliabilityMixin:
         return rewards_per_func
 
     def _save_checkpoint(self, model, trial):
-        if not self.args.save_only_model:  # written first: a checkpoint with trainer_state.json is complete
+        if not self.args.save_only_model:  # before the Trainer's files: a finished checkpoint always has its rollouts
             extra = {"nonfinite_steps": self._watchdog.count}
             save_rollout_state(self, checkpoint_dir(self, trial), extra)
         super()._save_checkpoint(model, trial)

@@ -5,7 +5,10 @@ the ranks all-reduce it, save a full checkpoint (rollouts included) and stop; `t
 `trainer.preempted` True, and the entry point (`trl_sapo.gsm8k.train.main`) exits with `PREEMPTED_EXIT_CODE` at once
 so that no post-training code runs inside the grace period. Further SIGTERMs are ignored (torchrun forwards SLURM's
 signal a second time); the hard stop is SIGKILL. Under `accelerate launch`/torchrun the agent SIGKILLs its workers
-30 s after forwarding a SIGTERM, so the step in progress plus the save must fit in 30 s. Compared with
+TORCH_ELASTIC_SHUTDOWN_TIMEOUT s (default 30; slurm/train_multinode.sbatch derives it from the signal lead time) after
+forwarding a SIGTERM: the step in progress plus the save must fit in it. A SIGTERM that arrives during a periodic
+save stops training right after that save. SIGUSR1 is handled the same way (the SLURM launcher's fallback when
+slurmctld is unreachable: srun forwards it). Compared with
 transformers' `enable_jit_checkpoint`: no 3 s per-rank timer (ranks could stop at different steps), never saves
 between backward and optimizer step, and the checkpoint holds the buffered rollouts.
 """
@@ -34,12 +37,12 @@ class PreemptionCallback(TrainerCallback):
         self.trainer = trainer
         self.requested = False
         self.preempted = False
-        self._previous = None
+        self._previous: dict = {}
         self._installed = False
 
     def _handler(self, signum, frame):
         # Repeats are expected and ignored: under SLURM + torchrun a worker gets SIGTERM from SLURM and again from
-        # the launcher agent. The hard stop is SIGKILL (SLURM's KillWait, torchrun's 30 s shutdown timeout).
+        # the launcher agent. The hard stop is SIGKILL (SLURM's KillWait, torchrun's shutdown timeout).
         if not self.requested:
             logger.warning("SIGTERM received: saving a checkpoint after the current optimizer step, then exiting.")
         self.requested = True
@@ -49,7 +52,8 @@ class PreemptionCallback(TrainerCallback):
         if threading.current_thread() is not threading.main_thread():
             warnings.warn("save_on_sigterm: train() is not in the main thread, SIGTERM is not handled.", stacklevel=2)
             return
-        self._previous = signal.signal(signal.SIGTERM, self._handler)
+        # SIGUSR1 too: slurm/train_multinode.sbatch's fallback when slurmctld is unreachable (srun forwards it).
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
         self._installed = True
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -59,10 +63,18 @@ class PreemptionCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
 
+    def on_save(self, args, state, control, **kwargs):
+        # A SIGTERM that arrived during a periodic save: stop right after it (that checkpoint is the one to resume
+        # from) instead of training one more step and saving again inside the grace period.
+        if not self.preempted and any_rank(self.requested, self.trainer.accelerator):
+            self.preempted = True
+            control.should_training_stop = True
+
     def on_train_end(self, args, state, control, **kwargs):
         self.uninstall()
 
     def uninstall(self) -> None:
         if self._installed:
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
             self._installed = False

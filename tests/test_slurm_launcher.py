@@ -1,0 +1,227 @@
+"""slurm/train_multinode.sbatch's SIGTERM trap and requeue decisions, run directly with stand-ins for `srun`,
+`squeue`, `scancel`, `scontrol`, `nvidia-smi` and `accelerate launch` (no SLURM needed, a few seconds each).
+
+The stand-in srun runs the node command locally and, like the real one, forwards SIGUSR1 to it and answers SIGTERM
+with SIGKILL. The stand-in accelerate reports progress to $SAPO_RUN_STATUS_FILE as trl_sapo's
+CheckpointCompletionCallback does, waits for SIGTERM, then "saves" (or not) and exits 1, as torchrun's agent does
+after any signal. The real-cluster versions are in test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = REPO_ROOT / "slurm" / "train_multinode.sbatch"
+ACCEL_CONFIG = "accelerate_configs/cpu_2proc_ddp.yaml"
+JOB_ID = "4242"
+
+FAKE_SRUN = """#!/bin/bash
+while [[ $# -gt 0 && $1 == --* ]]; do shift; done
+export SLURM_NODEID=0 SLURMD_NODENAME=n1
+"$@" &
+child=$!
+trap 'kill -USR1 $child' USR1
+trap 'kill -KILL $child' TERM
+while kill -0 $child 2>/dev/null; do wait $child; done
+wait $child
+"""
+# FAKE_FAIL: space-separated commands that fail (squeue, scancel, requeue, show-job).
+FAKE_SLURM_CLIENT = """#!/bin/bash
+name=$(basename "$0")
+[[ $name == scontrol && $1 == show && $2 == hostnames ]] && { printf '%s\\n' ${FAKE_NODES:-n1}; exit 0; }
+[[ $name == scontrol ]] && name=$1
+[[ $name == show ]] && name=show-$2
+echo "$name $*" >>"$FAKE_CALLS"
+[[ " $FAKE_FAIL " == *" $name "* ]] && { echo "$name: error: Unable to contact slurm controller" >&2; exit 1; }
+[[ $name == squeue ]] && echo "$SLURM_JOB_ID.0 sapo-train"
+[[ $name == scancel ]] && kill -TERM $(cat "$FAKE_TRAIN_PID")
+exit 0
+"""
+# FAKE_PROGRESS: checkpoint (saves on SIGTERM), cut-off (trains, the save never completes), startup (no report),
+# none (exits 3 at once).
+FAKE_ACCELERATE = """#!/bin/bash
+echo $$ >"$FAKE_TRAIN_PID"
+echo "shutdown_timeout=$TORCH_ELASTIC_SHUTDOWN_TIMEOUT signals=$PET_SIGNALS_TO_HANDLE args: $*"
+[[ $FAKE_PROGRESS == none ]] && exit 3  # not a training run: just record how it was started
+report() { echo "$1 restart=$SAPO_RESTART_COUNT step=$2${3:+ path=$3}" >>"$SAPO_RUN_STATUS_FILE"; }
+on_term() {
+    echo "FAKE_TRAIN got $1"
+    if [[ $FAKE_PROGRESS == checkpoint ]]; then report checkpoint 3 /out/checkpoint-3; report sigterm_stop 3; fi
+    exit 1
+}
+trap 'on_term SIGTERM' TERM
+trap 'on_term SIGUSR1' USR1  # torchrun's agent with PET_SIGNALS_TO_HANDLE, and the trainers, take it as SIGTERM
+[[ $FAKE_PROGRESS == startup ]] || report train_begin 2
+touch "$FAKE_READY"
+for i in $(seq 1 300); do sleep 0.1; done
+exit 3
+"""
+
+
+def write_exe(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def job_env(tmp_path: Path, restart: int = 0, **extra: str) -> dict[str, str]:
+    """The environment SLURM gives the batch script, with the stand-ins (written to tmp_path/bin) first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    write_exe(bin_dir / "srun", FAKE_SRUN)
+    for name in ("squeue", "scancel", "scontrol"):
+        write_exe(bin_dir / name, FAKE_SLURM_CLIENT)
+    write_exe(bin_dir / "nvidia-smi", "#!/bin/bash\nexit 0\n")  # GPUs hidden from this job: none listed
+    fake = write_exe(tmp_path / "fake_accelerate", FAKE_ACCELERATE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "TORCH_ELASTIC"))}
+    env |= {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NODELIST": "n1",
+        "SLURM_NNODES": "1", "SLURM_SUBMIT_DIR": str(REPO_ROOT), "SLURM_RESTART_COUNT": str(restart),
+        "LOG_DIR": str(tmp_path / "logs"), "GPUS_PER_NODE": "0", "MAIN_ADDR": "127.0.0.1", "MAIN_PORT": "29999",
+        "ACCELERATE": str(fake), "FAKE_READY": str(tmp_path / "ready"), "FAKE_CALLS": str(tmp_path / "calls"),
+        "FAKE_PROGRESS": "none", "FAKE_TRAIN_PID": str(tmp_path / "train.pid"),
+    }  # fmt: skip
+    return env | extra
+
+
+def run_launcher(tmp_path, progress="checkpoint", fail=(), restart=0, signal_job=True, env=None):
+    """Run the launcher as SLURM would (`job_env`); SIGTERM it once training is up. Returns (exit code, launcher
+    stderr+stdout, node log, stand-in client calls)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: x\n")
+    ready, calls = tmp_path / "ready", tmp_path / "calls"
+    ready.unlink(missing_ok=True)
+    full_env = job_env(tmp_path, restart, FAKE_FAIL=" ".join(fail), FAKE_PROGRESS=progress) | (env or {})
+    proc = subprocess.Popen(
+        [str(LAUNCHER), ACCEL_CONFIG, str(recipe)],
+        env=full_env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if signal_job:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the stand-in training never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # the time-limit warning (--signal=B:TERM) for the batch script
+    out, _ = proc.communicate(timeout=60)
+    node_log = tmp_path / "logs" / JOB_ID / "node0.log"
+    return (
+        proc.returncode,
+        out,
+        node_log.read_text() if node_log.exists() else "",
+        calls.read_text() if calls.exists() else "",
+    )
+
+
+def test_trap_survives_an_unreachable_slurmctld(tmp_path):
+    """squeue, scancel and scontrol all fail (slurmctld down during a mass pre-emption): the trap does not abort the
+    script (set -euo pipefail), the stop signal still reaches training through srun (SIGUSR1, which torchrun's agent
+    is told to handle like SIGTERM), training saves, the failed requeue is retried and reported, and the job ends
+    cleanly."""
+    code, out, node_log, calls = run_launcher(tmp_path, fail=("squeue", "scancel", "requeue", "show-job"))
+    assert "FAKE_TRAIN got SIGUSR1" in node_log, node_log
+    assert "signals=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 " in node_log, node_log
+    assert "squeue/scancel failed (slurmctld unreachable?): SIGUSR1 to srun" in out, out
+    assert calls.count(f"requeue requeue {JOB_ID}\n") == 2, calls  # retried once
+    assert "could not requeue" in out and "saved /out/checkpoint-3 and stopped cleanly" in out, out
+    assert code == 0, out
+
+
+def test_trap_forwards_through_scancel_and_requeues_after_progress(tmp_path):
+    """The normal path: squeue finds the training step, scancel signals it, the run saved a newer complete
+    checkpoint, so the job is requeued. The save window follows the lead time (SBATCH_SIGNAL)."""
+    code, out, node_log, calls = run_launcher(tmp_path, env={"SBATCH_SIGNAL": "B:TERM@300"})
+    assert code == 0, out
+    assert f"scancel --signal=TERM {JOB_ID}.0\n" in calls, calls
+    assert "FAKE_TRAIN got SIGTERM" in node_log, node_log
+    assert "shutdown_timeout=280 " in node_log, node_log  # 300 s lead - 20 s to requeue
+    assert f"requeue requeue {JOB_ID}" in calls and "this run saved /out/checkpoint-3" in out, (calls, out)
+    assert (tmp_path / "logs" / JOB_ID / "requeues").read_text() == "restart=0 kind=progress\n"
+
+
+def test_default_save_window_comes_from_the_sbatch_signal_line(tmp_path):
+    code, out, node_log, _ = run_launcher(tmp_path, progress="none", signal_job=False)
+    assert "shutdown_timeout=160 " in node_log, node_log  # #SBATCH --signal=B:TERM@180, minus 20
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=160s" in out
+    assert code == 3, out  # the stand-in's own exit when nobody signals it
+
+
+def test_no_requeue_when_the_save_was_cut_off(tmp_path):
+    """Training ran but no complete checkpoint came out of this run (the save did not fit): requeueing would lose
+    the same work forever, so the job ends FAILED with the reason."""
+    code, out, _, calls = run_launcher(tmp_path, progress="cut-off")
+    assert "requeue " not in calls, calls
+    assert "not requeueing job 4242: training ran but saved no new complete checkpoint" in out, out
+    assert "raise the lead time with SBATCH_SIGNAL=B:TERM@SECONDS" in out
+    assert code == 1, out
+
+
+def test_startup_requeues_are_capped_separately(tmp_path):
+    """Stopped before training began: requeued (counted as a start-up requeue) until MAX_STARTUP_REQUEUES in a row."""
+    code, out, _, calls = run_launcher(tmp_path, progress="startup", restart=5)
+    assert code == 0 and "start-up requeue 1 of at most 3" in out and "requeue requeue" in calls, (out, calls)
+    requeues = tmp_path / "logs" / JOB_ID / "requeues"
+    requeues.write_text("restart=0 kind=progress\n" + "".join(f"restart={r} kind=startup\n" for r in (1, 2, 3)))
+    (tmp_path / "calls").unlink()
+    code, out, _, calls = run_launcher(tmp_path, progress="startup", restart=4)
+    assert "requeue " not in calls, calls
+    assert "stopped before training began 4 times in a row (MAX_STARTUP_REQUEUES=3)" in out, out
+    assert code == 1, out
+
+
+def test_max_requeues_caps_restarts(tmp_path):
+    code, out, _, calls = run_launcher(tmp_path, restart=2, env={"MAX_REQUEUES": "2"})
+    assert "requeue " not in calls, calls
+    assert "not requeueing job 4242: MAX_REQUEUES=2 reached (this was restart 2)" in out, out
+    assert code == 0, out  # this run did save its checkpoint: a clean stop
+
+
+def test_sigterm_during_start_up_skips_training_and_requeues(tmp_path):
+    """SIGTERM while the launcher still waits for the vLLM server: training is not started at all, and the job is
+    requeued as a start-up requeue (counted against MAX_STARTUP_REQUEUES, not as progress)."""
+    fake_trl = write_exe(tmp_path / "fake_trl", '#!/bin/bash\ntouch "$FAKE_READY"\nexec sleep 60\n')
+    code, out, node_log, calls = run_launcher(
+        tmp_path, env={"VLLM_SERVER": "1", "TRL": str(fake_trl), "FAKE_NODES": "n1 n2", "SLURM_NNODES": "2"}
+    )
+    assert "vLLM server on n2" in out and node_log == "", (out, node_log)  # no training step was started
+    assert not (tmp_path / "train.pid").exists()
+    assert "start-up requeue 1 of at most 3" in out and f"requeue requeue {JOB_ID}" in calls, (out, calls)
+    assert (tmp_path / "logs" / JOB_ID / "requeues").read_text() == "restart=0 kind=startup\n"
+    assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("recipe", "flags", "refused"),
+    [("model_name_or_path: x\n", [], True), ("model_name_or_path: x\nuse_cpu: true\n", [], False),
+     ("model_name_or_path: x\n", ["--use_cpu", "true"], False)],
+    ids=["gpu-recipe", "cpu-recipe", "cpu-flag"],
+)  # fmt: skip
+def test_gpu_recipe_without_visible_gpus_is_an_error(tmp_path, recipe, flags, refused):
+    """A job without --gres on a cluster that hides unrequested GPUs sees none: a GPU run is refused (it would
+    silently train on CPU), a CPU run goes ahead."""
+    (tmp_path / "recipe.yaml").write_text(recipe)
+    env = job_env(tmp_path)
+    del env["GPUS_PER_NODE"]
+    env.pop("SLURM_GPUS_ON_NODE", None)
+    proc = subprocess.run(
+        [str(LAUNCHER), "accelerate_configs/multi_gpu.yaml", str(tmp_path / "recipe.yaml"), *flags],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if refused:
+        assert proc.returncode == 2, proc.stderr
+        assert "no GPUs visible on" in proc.stderr and "sbatch --gres=gpu:N or --gpus-per-node=N" in proc.stderr
+    else:
+        assert "no GPUs visible" not in proc.stderr, proc.stderr
+        assert "procs_per_node=1 (gpus_per_node=0)" in proc.stdout, proc.stdout
+        assert proc.returncode == 3, proc.stderr  # the stand-in training ran (and exited on its own)
