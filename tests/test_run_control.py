@@ -188,11 +188,12 @@ def test_rotation_keeps_the_last_complete_checkpoint_until_the_new_one_is_marked
     done: a save cut off right after it would leave no complete checkpoint. At the point where the new checkpoint is
     written but not yet marked (a user callback's on_save runs before the marker), the previous, complete one is still
     there; after training only the last one is left, marked, and the run reported its progress."""
-    from test_script import load_script, tiny_run_args, write_reward_module
+    from test_script import tiny_run_args, write_reward_module
     from transformers import TrainerCallback
 
     from trl_sapo.checkpoints import COMPLETE_MARKER_NAME, RUN_STATUS_ENV
     from trl_sapo.gsm8k.recipe import parse_args
+    from trl_sapo.gsm8k.train import train_gsm8k
 
     seen = []
 
@@ -206,8 +207,7 @@ def test_rotation_keeps_the_last_complete_checkpoint_until_the_new_one_is_marked
     out = tmp_path / "out"
     flags = tiny_run_args(tiny_model_path, out, reward_funcs=[write_reward_module(tmp_path)], save_strategy="steps",
                           save_steps=1, save_total_limit=1, max_steps=3)  # fmt: skip
-    script = load_script()
-    trainer = script.main(*parse_args(flags), callbacks=[RecordCheckpoints()])
+    trainer = train_gsm8k(*parse_args(flags), callbacks=[RecordCheckpoints()])
     assert seen == [{"checkpoint-1": False}, {"checkpoint-1": True, "checkpoint-2": False},
                     {"checkpoint-2": True, "checkpoint-3": False}]  # fmt: skip
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
