@@ -212,7 +212,32 @@ def rewards() -> str:
     return table + "\n\n" + "\n".join(f"- {line}" for line in data["summary_lines"]) + "\n"
 
 
+def demo_trials() -> str:
+    """The demo recipes tried so far, one seed each (docs/results/demo_recipe_trials.json)."""
+    data = _load("demo_recipe_trials.json")
+    if data is None:
+        return "*No recipe trials recorded.*\n"
+    ops = [k for k in data["runs"][0]["gain"] if k.startswith("operation ")]
+    lines = [
+        "| recipe | seed | held-out before → after (n = 128) | gain ± paired 95 % CI | "
+        + " | ".join(f"gain, {op}" for op in ops)
+        + " | training reward, first → last quarter |",
+        "|---|---|---|---|" + "---|" * len(ops) + "---|",
+    ]
+    for run in data["runs"]:
+        before, after = run["accuracy"]["all held-out problems"]
+        gain, ci = run["gain"]["all held-out problems"], run["gain_ci95"]["all held-out problems"]
+        training = run["training"]
+        lines.append(
+            f"| {run['recipe']} | {run['seed']} | {before:.3f} → {after:.3f} | {gain:+.3f} ± {ci:.3f} | "
+            + " | ".join(f"{run['gain'][op]:+.3f}" for op in ops)
+            + f" | {training['reward_first_quarter']:.3f} → {training['reward_last_quarter']:.3f} |"
+        )
+    return "\n".join(lines) + f"\n\n({data['note']}.)\n"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "demo-trials": demo_trials,
     "rewards": rewards,
     "copy-headline": copy_headline,
     "copy-tau": copy_tau,
