@@ -208,6 +208,14 @@ def main() -> None:
     parser.add_argument("--model_name_or_path", default=None, help="default: SmolLM2-135M-Instruct (made offline)")
     args = parser.parse_args()
     args.recipe = args.recipe.resolve()
+    if not args.recipe.is_file():
+        parser.error(f"--recipe {args.recipe}: no such file")
+    try:
+        recipe = yaml.safe_load(args.recipe.read_text())
+    except yaml.YAMLError as e:
+        parser.error(f"--recipe {args.recipe}: not valid YAML ({e})")
+    if not isinstance(recipe, dict) or "max_completion_length" not in recipe:
+        parser.error(f"--recipe {args.recipe}: not a training recipe (no max_completion_length)")
     from trl_sapo.gsm8k.data import HELDOUT_MIX, load_heldout_mix
 
     if args.num_eval_examples < len(HELDOUT_MIX):
@@ -221,7 +229,7 @@ def main() -> None:
     num_threads = pick_num_threads()
     torch.set_num_threads(num_threads)
     model_dir = Path(args.model_name_or_path) if args.model_name_or_path else prepare_smollm2()
-    max_new_tokens = yaml.safe_load(args.recipe.read_text())["max_completion_length"]  # the training budget
+    max_new_tokens = recipe["max_completion_length"]  # the training budget
     heldout = load_heldout_mix(args.num_eval_examples)
     print(f"== SAPO demo: {model_dir.name}, {num_threads} CPU thread(s), output {args.output_dir} ==", flush=True)
     if Path(args.output_dir).exists():  # a demo is a fresh run: never resume or mix with an earlier demo
@@ -244,7 +252,7 @@ def main() -> None:
     summary.update(recipe_sha256=recipe_digest(args.recipe))
     summary.update(
         threads=num_threads,
-        seed=args.seed if args.seed is not None else yaml.safe_load(args.recipe.read_text())["seed"],
+        seed=args.seed if args.seed is not None else recipe.get("seed", 42),
     )
     path = Path(args.output_dir) / "summary.json"
     path.write_text(json.dumps(summary, indent=1))
