@@ -75,7 +75,8 @@ ARMS = {
     "sapo-tau32": {"use_sapo_loss": True, "sapo_tau_pos": 32.0, "sapo_tau_neg": 33.6},
 }
 MAIN_ARMS = ("grpo", "sapo", "sapo-tau2", "sapo-tau4", "sapo-tau8")  # every regime; τ 16/32 only probe the KL match
-# task -> regime -> optimisation settings. Updates per rollout = steps_per_generation x num_iterations.
+# task -> regime -> optimisation settings. Updates per rollout = steps_per_generation x num_iterations, counted in
+# optimizer steps (run_one converts to TRL's micro-batches when the recipe accumulates gradients).
 REGIMES = {
     "copy": {
         "base": {"learning_rate": 1e-3, "steps_per_generation": 4, "num_iterations": 1, "max_steps": 150},
@@ -89,10 +90,15 @@ REGIMES = {
         "reuse": {"learning_rate": 1e-5, "steps_per_generation": 4, "num_iterations": 2, "max_steps": 32},
     },
 }
+# The trainer settings each run records (done.json): what the regime and the recipe actually set.
+RECORDED_SETTINGS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "steps_per_generation", "num_iterations", "num_generations", "max_steps", "temperature",
+                     "max_completion_length", "loss_type", "reward_weights")  # fmt: skip
 SERIES = ("reward", "entropy", "grad_norm", "ratio_max", "abs_log_ratio", "kl_to_init", "step_kl")
 # Optional per-step series: the objective's own diagnostics (SAPO's gate or GRPO's clipping) and completion length.
 EXTRA_SERIES = {
     "completion_length": "completions/mean_length",
+    "accuracy_reward": "rewards/accuracy_reward/mean",  # gsm8k: `reward` also holds any length penalty
     "clip_ratio": "clip_ratio/region_mean",
     "sapo_gate_mean": "sapo/gate_mean",
     "sapo_grad_weight_mean": "sapo/grad_weight_mean",
@@ -191,7 +197,7 @@ def copy_task_setup(args, seed: int) -> dict:
         "train": train,
         "probe": probe_batch(tokenizer, probe),
         "evaluate": lambda model: copy_task.evaluate_greedy(model, tokenizer, heldout),
-        "config": {"max_completion_length": copy_task.ANSWER_LENGTH, "temperature": 1.0},
+        "config": {"max_completion_length": copy_task.ANSWER_LENGTH, "temperature": 1.0, "loss_type": "grpo"},
     }
 
 
@@ -250,13 +256,17 @@ def gsm8k_task_setup(args, seed: int) -> dict:
         return {"accuracy": sum(correct) / len(correct), "subsets": out, "correct": correct, "operations": ops}
 
     config = {k: recipe[k] for k in ("temperature", "max_grad_norm", "gradient_checkpointing") if k in recipe}
+    config["loss_type"] = recipe.get("loss_type", "grpo")
+    config["reward_weights"] = recipe.get("reward_weights")
     config["max_completion_length"] = args.max_completion_length
     if args.device == "cuda":
         config.update(bf16=True, use_vllm=args.use_vllm, vllm_mode="colocate", gradient_checkpointing=True)
     return {
         "model": AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
         "tokenizer": tokenizer,
-        "reward_funcs": get_reward_funcs(recipe["reward_funcs"]),
+        "reward_funcs": get_reward_funcs(
+            recipe["reward_funcs"], args.max_completion_length, recipe.get("soft_punish_cache")
+        ),
         "train": train,
         "probe": probe_batch(tokenizer, probe),
         "evaluate": evaluate_model,
@@ -281,19 +291,22 @@ def run_one(args, regime: str, arm: str, seed: int) -> dict:
     eval_before = evaluate_before(args, task)
     checkpointing = args.task == "gsm8k"
     settings = {
-        "per_device_train_batch_size": args.batch_size,
         "num_generations": args.num_generations,
         **regime_settings(args, regime),
-        **task["config"],
+        **task["config"],  # incl. loss_type: one aggregation for every arm (copy: grpo; gsm8k: the recipe's)
     }
+    # TRL counts steps_per_generation in micro-batches: an optimizer step is gradient_accumulation_steps of them
+    # (the demo recipe accumulates 2 halves of each step's completions, which halves the peak memory).
+    accumulation = args.gradient_accumulation_steps
+    settings["steps_per_generation"] *= accumulation
     config = SAPOConfig(
         output_dir=str(run_dir),
         **ARMS[arm],
         **settings,
-        loss_type="grpo",  # same aggregation in every arm: token mean per sequence, then sequence mean
+        per_device_train_batch_size=args.batch_size // accumulation,
+        gradient_accumulation_steps=accumulation,
         beta=0.0,
         lr_scheduler_type="constant",
-        gradient_accumulation_steps=1,
         seed=seed,
         data_seed=seed,
         use_cpu=args.device == "cpu",
@@ -327,6 +340,7 @@ def run_one(args, regime: str, arm: str, seed: int) -> dict:
         "steps": trainer.state.global_step,
         "train_seconds": train_seconds,  # of this process only: a resumed run counts from its checkpoint
         "resumed_from": resume_from and Path(resume_from).name,
+        "settings": {key: getattr(config, key) for key in RECORDED_SETTINGS},
         "eval_before": eval_before,
         "eval_after": eval_after,
         "series": {key: per_step_series(history, key) for key in SERIES},
@@ -358,7 +372,10 @@ def regime_settings(args, regime: str) -> dict:
     settings = REGIMES[args.task][regime]
     if settings is None:
         recipe = demo_recipe()
-        settings = {k: recipe[k] for k in ("learning_rate", "steps_per_generation", "num_iterations", "max_steps")}
+        settings = {k: recipe[k] for k in ("learning_rate", "num_iterations", "max_steps")}
+        settings["steps_per_generation"] = recipe["steps_per_generation"] // recipe.get(
+            "gradient_accumulation_steps", 1
+        )
     settings = dict(settings)
     if args.max_steps is not None:
         settings["max_steps"] = args.max_steps
@@ -765,12 +782,18 @@ def parse_args(argv=None):
     if unknown := set(args.regimes) - set(REGIMES[args.task]):
         p.error(f"unknown regime(s) {sorted(unknown)} for task {args.task}; choose from {list(REGIMES[args.task])}")
     recipe = {} if copy else demo_recipe()
-    args.batch_size = args.batch_size or (32 if copy else recipe["per_device_train_batch_size"])
+    args.gradient_accumulation_steps = 1 if copy else recipe.get("gradient_accumulation_steps", 1)
+    recipe_batch = None if copy else recipe["per_device_train_batch_size"] * args.gradient_accumulation_steps
+    args.batch_size = args.batch_size or (32 if copy else recipe_batch)
     args.num_generations = args.num_generations or (8 if copy else recipe["num_generations"])
     args.eval_examples = args.eval_examples or (200 if copy else 128)
     args.num_probe = args.num_probe or (64 if copy else 4)
     if args.batch_size % args.num_generations:
         p.error("--batch_size must be a multiple of --num_generations")
+    if args.batch_size % args.gradient_accumulation_steps:
+        p.error(
+            f"--batch_size must be a multiple of the recipe's {args.gradient_accumulation_steps} accumulation steps"
+        )
     suffix = "-smoke" if args.smoke else ""
     args.output_dir = args.output_dir or f"benchmarks/out/learning_{args.task}{suffix}"
     args.results_dir = args.results_dir or (args.output_dir if args.smoke else "docs/results")

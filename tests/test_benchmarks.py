@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import REPO_ROOT
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -114,8 +115,16 @@ def test_learning_gsm8k_task_end_to_end(tmp_path, tiny_model_path):
     _run(args, timeout=600)
     result = json.loads((results_dir / "learning_gsm8k.json").read_text())
     assert set(result["regimes"]["reuse"]["arms"]) == {"grpo", "sapo"}
+    recipe = yaml.safe_load((REPO_ROOT / "recipes" / "smollm2-135m_cpu_demo.yaml").read_text())
+    accumulation = recipe.get("gradient_accumulation_steps", 1)
     for run in result["runs"]:
         assert run["steps"] == 2 and run["regime"] == "reuse"
+        # reuse = 4 optimizer steps per rollout x 2 passes, in the recipe's micro-batches and aggregation
+        settings = run["settings"]
+        assert settings["steps_per_generation"] == 4 * accumulation and settings["num_iterations"] == 2
+        assert settings["gradient_accumulation_steps"] == accumulation and settings["learning_rate"] == 1e-5
+        assert settings["per_device_train_batch_size"] == recipe["per_device_train_batch_size"]
+        assert settings["loss_type"] == recipe["loss_type"] and settings["temperature"] == recipe["temperature"]
         assert len(run["eval_after"]["correct"]) == 8 and sorted(set(run["eval_after"]["operations"])) == list("*+-/")
         extra = run["extra_series"]
         if run["arm"] == "sapo":

@@ -9,6 +9,7 @@ import pytest
 
 from trl_sapo.gsm8k.rewards import (
     REWARD_FUNCS,
+    REWARD_NAMES,
     accuracy_reward,
     extract_final_answer,
     format_reward,
@@ -172,13 +173,42 @@ def test_format_reward(completion, expected):
 
 def test_registry_and_names():
     assert set(REWARD_FUNCS) == {"accuracy", "format"}
+    assert set(REWARD_NAMES) == {"accuracy", "format", "overlong"}
     assert get_reward_funcs(["format", "accuracy"]) == [format_reward, accuracy_reward]
     assert get_reward_funcs("accuracy") == [accuracy_reward]
     # TRL logs rewards/<__name__>/mean
     assert [f.__name__ for f in get_reward_funcs(["accuracy", "format"])] == ["accuracy_reward", "format_reward"]
     with pytest.raises(
-        ValueError, match=r"unknown reward function\(s\) \['lenght'\].*valid names: \['accuracy', 'format'\]"
+        ValueError,
+        match=r"unknown reward function\(s\) \['lenght'\].*valid names: \['accuracy', 'format', 'overlong'\]",
     ):
         get_reward_funcs(["accuracy", "lenght"])
     with pytest.raises(ValueError, match="no reward functions"):
         get_reward_funcs([])
+
+
+def test_overlong_reward_is_dapos_soft_punishment():
+    """0 up to L - cache tokens, then linear down to -1 at L (TRL's get_soft_overlong_punishment); cache L // 6."""
+    (overlong,) = get_reward_funcs(["overlong"], max_completion_length=96)
+    assert overlong.__name__ == "soft_overlong_punishment_reward"  # TRL logs rewards/<__name__>/mean
+    lengths = [10, 80, 84, 88, 95, 96]
+    assert overlong(completion_ids=[[7] * n for n in lengths]) == [0.0, 0.0, -0.25, -0.5, -0.9375, -1.0]
+    (wide,) = get_reward_funcs("overlong", max_completion_length=96, soft_punish_cache=48)
+    assert wide(completion_ids=[[7] * 48, [7] * 72]) == [0.0, -0.5]
+    # with accuracy: a right answer cut off at the limit nets 0, a finished one 1
+    funcs = get_reward_funcs(["accuracy", "overlong"], max_completion_length=8)
+    totals = [
+        sum(f(completions=["#### 4"], answer=["#### 4"], completion_ids=[[1] * n])[0] for f in funcs) for n in (3, 8)
+    ]
+    assert totals == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("cache", [0, -1, 96, 200])
+def test_overlong_reward_rejects_bad_cache(cache):
+    with pytest.raises(ValueError, match="soft_punish_cache"):
+        get_reward_funcs(["overlong"], max_completion_length=96, soft_punish_cache=cache)
+
+
+def test_overlong_reward_needs_the_completion_limit():
+    with pytest.raises(ValueError, match="max_completion_length"):
+        get_reward_funcs(["accuracy", "overlong"])

@@ -119,7 +119,9 @@ def test_recipe_parses(recipe):
     assert training_args.use_sapo_loss == config.get("use_sapo_loss", True)
     assert script_args.reward_funcs == config["reward_funcs"]
     gsm8k_recipe.check_args(script_args, training_args, model_args)
-    gsm8k_recipe.load_reward_funcs(script_args.reward_funcs)
+    gsm8k_recipe.load_reward_funcs(
+        script_args.reward_funcs, training_args.max_completion_length, script_args.soft_punish_cache
+    )
     if training_args.reward_weights is not None:
         assert len(training_args.reward_weights) == len(script_args.reward_funcs)
     # Off-policy regime: each generation round feeds more than one optimizer step.
@@ -250,6 +252,9 @@ def test_precision_fallback_without_gpu(caplog):
         (["--reward_funcs", "accuracy", "corectness"], "corectness"),
         (["--reward_funcs", "no_such_module.reward"], "no_such_module"),
         (["--num_train_examples", "0"], "num_train_examples"),
+        (["--reward_funcs", "accuracy", "--soft_punish_cache", "8"], "add 'overlong' to reward_funcs"),
+        (["--reward_funcs", "overlong", "--soft_punish_cache", "0"], "soft_punish_cache"),
+        (["--reward_funcs", "overlong", "--max_completion_length", "32", "--soft_punish_cache", "32"], "between 1"),
     ],
 )
 def test_bad_options_fail_before_training(flags, message):

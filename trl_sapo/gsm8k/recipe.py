@@ -72,8 +72,16 @@ class GSM8KScriptArguments:
         default_factory=lambda: ["accuracy", "format"],
         metadata={
             "help": "Reward functions: 'accuracy' (final answer equals the reference), 'format' (last line is "
-            "'#### <number>'), or dotted import paths 'my_pkg.my_module.my_reward' (TRL's reward signature). "
-            "Weight them with `reward_weights`."
+            "'#### <number>'), 'overlong' (DAPO's soft overlong punishment: 0, then down to -1 over the last "
+            "`soft_punish_cache` tokens before max_completion_length), or dotted import paths "
+            "'my_pkg.my_module.my_reward' (TRL's reward signature). Weight them with `reward_weights`."
+        },
+    )
+    soft_punish_cache: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens before max_completion_length over which the `overlong` reward falls from 0 to -1 "
+            "(default max_completion_length // 6). Only read with 'overlong' in reward_funcs."
         },
     )
     merge_adapter_on_save: bool = field(
@@ -117,16 +125,22 @@ def check_args(script_args: GSM8KScriptArguments, training_args: SAPOConfig, mod
             raise ValueError(f"`{name}` must be a positive number of examples, got {value}.")
     if script_args.num_few_shot < 0:
         raise ValueError(f"`num_few_shot` must be >= 0, got {script_args.num_few_shot}.")
+    if script_args.soft_punish_cache is not None and "overlong" not in script_args.reward_funcs:
+        raise ValueError("`soft_punish_cache` only configures the `overlong` reward; add 'overlong' to reward_funcs.")
 
 
-def load_reward_funcs(names: list[str]) -> list:
-    """Registry names (trl_sapo.gsm8k.rewards.REWARD_FUNCS) and dotted import paths, in order."""
-    from .rewards import REWARD_FUNCS, get_reward_funcs
+def load_reward_funcs(
+    names: list[str], max_completion_length: int | None = None, soft_punish_cache: int | None = None
+) -> list:
+    """Registry names (trl_sapo.gsm8k.rewards.REWARD_NAMES) and dotted import paths, in order; the length arguments
+    configure the `overlong` reward."""
+    from .rewards import REWARD_NAMES, get_reward_funcs
 
     funcs = []
     for name in names:
-        if name in REWARD_FUNCS or "." not in name:
-            funcs.extend(get_reward_funcs([name]))  # clear error listing the valid names for unknown ones
+        if name in REWARD_NAMES or "." not in name:
+            # clear error listing the valid names for unknown ones
+            funcs.extend(get_reward_funcs([name], max_completion_length, soft_punish_cache))
             continue
         module_name, attr = name.rsplit(".", 1)
         sys.path.insert(0, os.getcwd())  # a reward module in the working directory, as with `python -m`

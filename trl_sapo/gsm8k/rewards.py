@@ -452,18 +452,49 @@ def format_reward(completions: Sequence[Any], **kwargs) -> list[float]:
     return rewards
 
 
+def overlong_reward(max_completion_length: int, soft_punish_cache: int | None = None) -> Callable[..., list[float]]:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), TRL's ``get_soft_overlong_punishment``: 0 for a
+    completion of at most ``max_completion_length - soft_punish_cache`` tokens, then linearly down to -1 at
+    ``max_completion_length`` (a completion cut off there never finished its answer). Added to ``accuracy``, a
+    right answer that runs into the limit scores 0 and a finished right answer 1, so rambling does not pay.
+
+    ``soft_punish_cache`` (tokens) defaults to ``max_completion_length // 6`` (16 of 96)."""
+    from trl.rewards import get_soft_overlong_punishment
+
+    cache = max_completion_length // 6 if soft_punish_cache is None else soft_punish_cache
+    if not 0 < cache < max_completion_length:
+        raise ValueError(
+            f"`soft_punish_cache` must be between 1 and max_completion_length - 1 ({max_completion_length - 1}) "
+            f"tokens, got {cache}."
+        )
+    return get_soft_overlong_punishment(max_completion_len=max_completion_length, soft_punish_cache=cache)
+
+
 REWARD_FUNCS: dict[str, Callable[..., list[float]]] = {"accuracy": accuracy_reward, "format": format_reward}
+# Rewards that depend on the training config: name -> factory(max_completion_length, soft_punish_cache).
+CONFIGURED_REWARDS: dict[str, Callable[..., Callable[..., list[float]]]] = {"overlong": overlong_reward}
+REWARD_NAMES = (*REWARD_FUNCS, *CONFIGURED_REWARDS)
 
 
-def get_reward_funcs(names: str | Sequence[str]) -> list[Callable[..., list[float]]]:
-    """Reward functions by registry name (``"accuracy"``, ``"format"``), in order."""
+def get_reward_funcs(
+    names: str | Sequence[str], max_completion_length: int | None = None, soft_punish_cache: int | None = None
+) -> list[Callable[..., list[float]]]:
+    """Reward functions by registry name (``"accuracy"``, ``"format"``, ``"overlong"``), in order. ``"overlong"``
+    needs ``max_completion_length`` (the trainer's) and takes ``soft_punish_cache`` (see :func:`overlong_reward`)."""
     if isinstance(names, str):
         names = [names]
     if not names:
-        raise ValueError(f"no reward functions given; valid names: {sorted(REWARD_FUNCS)}")
-    unknown = [name for name in names if name not in REWARD_FUNCS]
+        raise ValueError(f"no reward functions given; valid names: {sorted(REWARD_NAMES)}")
+    unknown = [name for name in names if name not in REWARD_NAMES]
     if unknown:
-        raise ValueError(f"unknown reward function(s) {unknown}; valid names: {sorted(REWARD_FUNCS)}")
+        raise ValueError(f"unknown reward function(s) {unknown}; valid names: {sorted(REWARD_NAMES)}")
+    if any(name in CONFIGURED_REWARDS for name in names) and max_completion_length is None:
+        raise ValueError("the `overlong` reward needs max_completion_length (the trainer's completion limit).")
     if "accuracy" in names:
         start_math_verify_worker()  # imports sympy in the background while the trainer is set up
-    return [REWARD_FUNCS[name] for name in names]
+    return [
+        CONFIGURED_REWARDS[name](max_completion_length, soft_punish_cache)
+        if name in CONFIGURED_REWARDS
+        else REWARD_FUNCS[name]
+        for name in names
+    ]

@@ -66,7 +66,9 @@ def train_gsm8k(
     # refuses a second run writing the same output_dir (trl_sapo/run_lock.py); it is a collective: every rank calls it.
     run_lock = acquire_run_lock(training_args)
     resume_from = resolve_resume_from_checkpoint(training_args)
-    reward_funcs = load_reward_funcs(script_args.reward_funcs)
+    reward_funcs = load_reward_funcs(
+        script_args.reward_funcs, training_args.max_completion_length, script_args.soft_punish_cache
+    )
 
     model_init_kwargs = {
         "revision": model_args.model_revision,
