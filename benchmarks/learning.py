@@ -219,6 +219,16 @@ def gsm8k_heldout(args) -> dict:
     return {"test split": test.select(range(min(args.eval_examples, len(test))))}
 
 
+def overlong_cache(args) -> int | None:
+    """The recipe's `overlong` window (soft_punish_cache) as the same fraction of --max_completion_length (16 of 96
+    tokens; 85 of 512), so the penalty keeps its shape when the completion limit changes; None = the reward's
+    default."""
+    recipe = demo_recipe()
+    if recipe.get("soft_punish_cache") is None:
+        return None
+    return max(1, round(recipe["soft_punish_cache"] * args.max_completion_length / recipe["max_completion_length"]))
+
+
 def gsm8k_task_setup(args, seed: int) -> dict:
     """A causal LM (default SmolLM2-135M-Instruct) trained on the demo recipe's data and settings, or on --dataset;
     held-out = the demo's problems (or --dataset's test split). Seeds change the training problems' order (and, for
@@ -264,9 +274,8 @@ def gsm8k_task_setup(args, seed: int) -> dict:
     return {
         "model": AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
         "tokenizer": tokenizer,
-        "reward_funcs": get_reward_funcs(
-            recipe["reward_funcs"], args.max_completion_length, recipe.get("soft_punish_cache")
-        ),
+        "reward_funcs": get_reward_funcs(recipe["reward_funcs"], args.max_completion_length, overlong_cache(args)),
+        "rewards": {"reward_funcs": recipe["reward_funcs"], "soft_punish_cache": overlong_cache(args)},
         "train": train,
         "probe": probe_batch(tokenizer, probe),
         "evaluate": evaluate_model,
@@ -340,7 +349,7 @@ def run_one(args, regime: str, arm: str, seed: int) -> dict:
         "steps": trainer.state.global_step,
         "train_seconds": train_seconds,  # of this process only: a resumed run counts from its checkpoint
         "resumed_from": resume_from and Path(resume_from).name,
-        "settings": {key: getattr(config, key) for key in RECORDED_SETTINGS},
+        "settings": {**{key: getattr(config, key) for key in RECORDED_SETTINGS}, **task.get("rewards", {})},
         "eval_before": eval_before,
         "eval_after": eval_after,
         "series": {key: per_step_series(history, key) for key in SERIES},

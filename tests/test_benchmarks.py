@@ -125,6 +125,14 @@ def test_learning_gsm8k_task_end_to_end(tmp_path, tiny_model_path):
         assert settings["gradient_accumulation_steps"] == accumulation and settings["learning_rate"] == 1e-5
         assert settings["per_device_train_batch_size"] == recipe["per_device_train_batch_size"]
         assert settings["loss_type"] == recipe["loss_type"] and settings["temperature"] == recipe["temperature"]
+        assert (
+            settings["reward_funcs"] == recipe["reward_funcs"]
+            and settings["reward_weights"] == recipe["reward_weights"]
+        )
+        if "overlong" in recipe["reward_funcs"]:  # the recipe's window, scaled to the 8-token limit of this test
+            assert settings["soft_punish_cache"] == max(
+                1, round(recipe["soft_punish_cache"] * 8 / recipe["max_completion_length"])
+            )
         assert len(run["eval_after"]["correct"]) == 8 and sorted(set(run["eval_after"]["operations"])) == list("*+-/")
         extra = run["extra_series"]
         if run["arm"] == "sapo":

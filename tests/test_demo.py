@@ -1,5 +1,5 @@
 """`make demo`'s script end to end on a tiny model: evaluation before/after, the real training script, the report
-and summary.json. (The real demo, SmolLM2 for 12 steps, takes ~15 minutes; its numbers are in the README.)"""
+and summary.json. (The real demo, SmolLM2 for 16 steps, takes ~11 minutes; its numbers are in the README.)"""
 
 from __future__ import annotations
 
