@@ -98,7 +98,7 @@ SERIES = ("reward", "entropy", "grad_norm", "ratio_max", "abs_log_ratio", "kl_to
 # Optional per-step series: the objective's own diagnostics (SAPO's gate or GRPO's clipping) and completion length.
 EXTRA_SERIES = {
     "completion_length": "completions/mean_length",
-    "accuracy_reward": "rewards/accuracy_reward/mean",  # gsm8k: `reward` also holds any length penalty
+    "reward_total": "reward",  # gsm8k: the `reward` series is the accuracy part; this one adds the length penalty
     "clip_ratio": "clip_ratio/region_mean",
     "sapo_gate_mean": "sapo/gate_mean",
     "sapo_grad_weight_mean": "sapo/grad_weight_mean",
@@ -352,7 +352,7 @@ def run_one(args, regime: str, arm: str, seed: int) -> dict:
         "settings": {**{key: getattr(config, key) for key in RECORDED_SETTINGS}, **task.get("rewards", {})},
         "eval_before": eval_before,
         "eval_after": eval_after,
-        "series": {key: per_step_series(history, key) for key in SERIES},
+        "series": {key: per_step_series(history, key, REWARD_LOG_KEY[args.task]) for key in SERIES},
         "extra_series": {key: [e.get(name) for e in history] for key, name in EXTRA_SERIES.items()},
         "nonfinite_steps": [
             e["step"] for e in history if not (_finite(e.get("loss")) and _finite(e.get("grad_norm")))
@@ -397,10 +397,15 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def per_step_series(history: list[dict], key: str) -> list[float | None]:
+# The logged metric behind the `reward` series: gsm8k's is the accuracy reward alone (the share of sampled completions
+# with the right answer), whatever other rewards (the overlong penalty) the recipe adds to the training signal.
+REWARD_LOG_KEY = {"copy": "reward", "gsm8k": "rewards/accuracy_reward/mean"}
+
+
+def per_step_series(history: list[dict], key: str, reward_name: str = "reward") -> list[float | None]:
     """One value per optimizer step. Rollout metrics (reward) are logged only on the steps that generate; the steps
     that reuse that rollout carry its value forward, so every series is indexed by optimizer step."""
-    name = key if key in ("reward", "entropy", "grad_norm") else f"study/{key}"
+    name = {"reward": reward_name, "entropy": "entropy", "grad_norm": "grad_norm"}.get(key, f"study/{key}")
     values, last = [], None
     for entry in history:
         value = entry.get(name)
