@@ -79,8 +79,9 @@ def _summary(seed: int, gains: dict[str, tuple[bool, bool]], digest: str = "abc"
     return {"subsets": subsets, "threads": 2, "wall_time_s": {"total": 600.0}, "training": {}, "recipe_sha256": digest}
 
 
-def test_seed_study_aggregates_and_checks(tmp_path):
+def test_seed_study_aggregates_and_checks(tmp_path, monkeypatch):
     study = _load("benchmarks/demo_seeds.py")
+    monkeypatch.setattr(study.os, "cpu_count", lambda: 2)  # the time limit counts runs on every core: 2 here
     improve, flat, worse = (
         [(False, True)] * 2 + [(True, True)] * 2,
         [(True, True)] * 4,
@@ -100,6 +101,12 @@ def test_seed_study_aggregates_and_checks(tmp_path):
     assert agg["checks"]["every seed gains >= +0.05"] and agg["checks"]["mean gain >= +0.10"]
     assert agg["checks"]["95 % interval of the mean excludes 0"]  # two equal gains: a zero-width interval
     assert not agg["checks"]["no operation loses on average"]  # operation - lost on seed 1
+    assert agg["checks"]["every run at 2 threads <= 15 min"]  # 10 min each
+    slow_one_thread = {**rows[1], "threads": 1, "wall_time_s": 1500.0}  # 25 min on 1 thread: not the 2-core time
+    assert study.aggregate([rows[0], slow_one_thread])["checks"]["every run at 2 threads <= 15 min"]
+    slow = {**rows[1], "wall_time_s": 1000.0}
+    assert not study.aggregate([rows[0], slow])["checks"]["every run at 2 threads <= 15 min"]
+    assert not study.aggregate([slow_one_thread])["checks"]["every run at 2 threads <= 15 min"]  # none timed
     mixed = study.aggregate(
         [
             rows[0],

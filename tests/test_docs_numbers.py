@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import pytest
 from helpers import REPO_ROOT
@@ -70,7 +71,7 @@ def test_demo_seed_blocks_render_from_a_seed_study(docs_numbers, tmp_path, monke
             }
         run_dir = tmp_path / "runs" / f"seed{seed}"
         run_dir.mkdir(parents=True)
-        summary = {"subsets": subsets, "threads": 1, "wall_time_s": {"total": 700.0}, "training": {}}
+        summary = {"subsets": subsets, "threads": os.cpu_count(), "wall_time_s": {"total": 700.0}, "training": {}}
         (run_dir / "summary.json").write_text(json.dumps({**summary, "recipe_sha256": "f00"}))
     results = tmp_path / "results"
     spec = importlib.util.spec_from_file_location("demo_seeds", REPO_ROOT / "benchmarks" / "demo_seeds.py")
@@ -83,4 +84,7 @@ def test_demo_seed_blocks_render_from_a_seed_study(docs_numbers, tmp_path, monke
     assert "Over 2 training seeds" in short and "min +0.250, mean +0.312" in short and "max +0.375" in short
     assert "| operation + | 4 | 0.000 → 0.625 | +0.625 ± " in short
     full = docs_numbers.demo_seeds()
-    assert "| seed | threads | before | after | gain |" in full and "| every run <= 15 min | yes |" in full
+    assert (
+        "| seed | threads | before | after | gain |" in full
+        and f"| every run at {os.cpu_count()} threads <= 15 min | yes |" in full
+    )
