@@ -174,6 +174,17 @@ def gsm8k_realism() -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
+def _reading(gain: dict) -> str:
+    """What a mean ± 95 % interval over seeds allows one to say about the change."""
+    if gain["ci95"] is None:
+        return "too few seeds"
+    if gain["mean"] - gain["ci95"] > 0:
+        return "better after training"
+    if gain["mean"] + gain["ci95"] < 0:
+        return "worse after training"
+    return "not separable from no change"
+
+
 def demo_seeds(short: bool = False) -> str:
     import demo_seeds as study
 
@@ -183,19 +194,35 @@ def demo_seeds(short: bool = False) -> str:
     agg = data["aggregate"]
     gain = agg["gain"]
     ci = "" if gain["ci95"] is None else f" ± {gain['ci95']:.3f}"
+    runs = data["runs"]
+    threads = max(r["threads"] for r in runs)
+    timed = [r["wall_time_s"] / 60 for r in runs if r["threads"] == threads]
+    per_seed = ", ".join(f"{r['gain']:+.3f}" for r in runs)
+    others = [
+        f"seed {r['seed']}: {r['wall_time_s'] / 60:.1f} min at {r['threads']} thread{'s' * (r['threads'] != 1)}"
+        for r in runs
+        if r["threads"] != threads
+    ]
     headline = (
-        f"Over {len(data['runs'])} training seeds run through `make demo`, the held-out gain (all 128 problems) "
+        f"Over {len(runs)} training seeds run through `make demo`, the held-out gain (all 128 problems) "
         f"was min {agg['gain_min']:+.3f}, mean {gain['mean']:+.3f}{ci} (95 % t-interval over seeds), max "
-        f"{agg['gain_max']:+.3f}; {agg['minutes']['min']:.1f}-{agg['minutes']['max']:.1f} min per run."
+        f"{agg['gain_max']:+.3f} (per seed: {per_seed}); "
+        f"{min(timed):.1f}-{max(timed):.1f} min per run at {threads} threads"
+        + (f" ({'; '.join(others)})" if others else "")
+        + "."
     )
     if short:
-        lines = [headline, "", "| held-out problems | n | accuracy before → after (mean over seeds) | mean gain ± 95 % CI |",
-                 "|---|---|---|---|"]  # fmt: skip
+        checks = "; ".join(f"{name}: **{'yes' if met else 'no'}**" for name, met in agg["checks"].items())
+        lines = [headline, "", f"The bar this recipe was chosen against: {checks}.", "",
+                 "| held-out problems | n | accuracy before → after (mean over seeds) | mean gain ± 95 % CI | reading |",
+                 "|---|---|---|---|---|"]  # fmt: skip
         n_by_row = data["runs"][0]["n_by_row"]
         for name, g in agg["gain_by_row"].items():
             before, after = agg["mean_accuracy_by_row"][name]
             ci = "" if g["ci95"] is None else f" ± {g['ci95']:.3f}"
-            lines.append(f"| {name} | {n_by_row[name]} | {before:.3f} → {after:.3f} | {g['mean']:+.3f}{ci} |")
+            lines.append(
+                f"| {name} | {n_by_row[name]} | {before:.3f} → {after:.3f} | {g['mean']:+.3f}{ci} | {_reading(g)} |"
+            )
         return "\n".join(lines) + "\n"
     return headline + "\n\n" + study.markdown(data).split("\n", 2)[2]
 
