@@ -29,9 +29,11 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 def verdict(diff: dict, arm: str, base: str = "GRPO", higher_is_better: bool = True) -> str:
     """'<arm> ahead' / '<base> ahead' when the paired 95 % interval of arm − base excludes 0, else 'not separable'
     (and 'too few seeds to rank' below 3 pairs)."""
-    if diff.get("mean") is None or diff.get("ci95") is None:
+    if diff.get("mean") is None:
         return "n/a"
-    if diff.get("n", 3) < 3:  # two seeds: a t-interval with 1 degree of freedom (or zero width by coincidence)
+    if (
+        diff.get("n", 3) < 3 or diff.get("ci95") is None
+    ):  # two seeds: a t-interval with 1 degree of freedom (or zero width by coincidence)
         return "too few seeds to rank"
     if abs(diff["mean"]) <= diff["ci95"]:
         return "not separable"
@@ -48,7 +50,10 @@ def _ms(stats: dict, digits: int = 3) -> str:
 def _paired(diff: dict, arm: str, higher_is_better: bool = True) -> str:
     word = verdict(diff, arm, higher_is_better=higher_is_better)
     word = f"**{word}**" if word.endswith("ahead") else word
-    return f"{diff['mean']:+.3f} ± {diff['ci95']:.3f} ({diff['wins']}/{diff['n']}), {word}"
+    if diff.get("mean") is None:
+        return "n/a"
+    ci = "" if diff.get("ci95") is None else f" ± {diff['ci95']:.3f}"  # one seed: no interval
+    return f"{diff['mean']:+.3f}{ci} ({diff['wins']}/{diff['n']}), {word}"
 
 
 def _load(name: str) -> dict | None:
@@ -148,7 +153,7 @@ def gsm8k_realism() -> str:
         by = {(r["arm"], r["seed"]): r for r in runs if r["regime"] == regime}
         seeds = sorted({s for a, s in by if a == "grpo"} & {s for a, s in by if a == "sapo"})
         lines += [
-            f"\n**Regime `{regime}`** ({len(seeds)} paired seeds; held-out accuracy, greedy; before = the same "
+            f"\n**Regime `{regime}`** ({len(seeds)} paired seed{'s' * (len(seeds) != 1)}; held-out accuracy, greedy; before = the same "
             "initial model in every run):\n",
             "| seed | before | GRPO after | SAPO after | SAPO − GRPO | GRPO / SAPO mean training reward | minutes (GRPO / SAPO) |",
             "|---|---|---|---|---|---|---|",

@@ -41,17 +41,22 @@ def test_a_stale_block_is_detected_and_rewritten(docs_numbers, tmp_path, monkeyp
 
 @pytest.mark.parametrize(
     ("mean", "ci95", "expected"),
-    [(0.05, 0.03, "SAPO ahead"), (-0.032, 0.030, "GRPO ahead"), (0.02, 0.03, "not separable"), (0.0, None, "n/a")],
+    [
+        (0.05, 0.03, "SAPO ahead"),
+        (-0.032, 0.030, "GRPO ahead"),
+        (0.02, 0.03, "not separable"),
+        (0.1, None, "too few seeds to rank"),
+    ],
 )
 def test_verdict_follows_the_interval(docs_numbers, mean, ci95, expected):
     assert docs_numbers.verdict({"mean": mean, "ci95": ci95}, "SAPO") == expected
     if expected.endswith("ahead"):  # lower is better: the other arm is ahead
         flipped = "GRPO ahead" if expected == "SAPO ahead" else "SAPO ahead"
         assert docs_numbers.verdict({"mean": mean, "ci95": ci95}, "SAPO", higher_is_better=False) == flipped
-    assert docs_numbers.verdict({"mean": mean, "ci95": 0.0 if ci95 else None, "n": 2}, "SAPO") in (
-        "too few seeds to rank",
-        "n/a",
+    assert docs_numbers.verdict({"mean": mean, "ci95": 0.0 if ci95 else None, "n": 2}, "SAPO") == (
+        "too few seeds to rank"
     )
+    assert docs_numbers.verdict({"mean": None, "ci95": None, "n": 0}, "SAPO") == "n/a"  # no finished pair
 
 
 def test_demo_seed_blocks_render_from_a_seed_study(docs_numbers, tmp_path, monkeypatch):
