@@ -268,14 +268,15 @@ def gsm8k_task_setup(args, seed: int) -> dict:
     config = {k: recipe[k] for k in ("temperature", "max_grad_norm", "gradient_checkpointing") if k in recipe}
     config["loss_type"] = recipe.get("loss_type", "grpo")
     config["reward_weights"] = recipe.get("reward_weights")
+    cache = overlong_cache(args)
     config["max_completion_length"] = args.max_completion_length
     if args.device == "cuda":
         config.update(bf16=True, use_vllm=args.use_vllm, vllm_mode="colocate", gradient_checkpointing=True)
     return {
         "model": AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
         "tokenizer": tokenizer,
-        "reward_funcs": get_reward_funcs(recipe["reward_funcs"], args.max_completion_length, overlong_cache(args)),
-        "rewards": {"reward_funcs": recipe["reward_funcs"], "soft_punish_cache": overlong_cache(args)},
+        "reward_funcs": get_reward_funcs(recipe["reward_funcs"], args.max_completion_length, cache),
+        "rewards": {"reward_funcs": recipe["reward_funcs"], "soft_punish_cache": cache},
         "train": train,
         "probe": probe_batch(tokenizer, probe),
         "evaluate": evaluate_model,
