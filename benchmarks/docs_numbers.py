@@ -179,6 +179,36 @@ def gsm8k_realism() -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
+def gsm8k_realism_status() -> str:
+    """One paragraph: how many of the planned paired seeds each regime has, and what its held-out interval allows."""
+    import learning
+
+    study = _study("learning_gsm8k.json")
+    agg, runs = study if study is not None else ({}, [])
+    planned, parts, pairs = learning.PLANNED_SEEDS["gsm8k"], [], {}
+    for regime in learning.REGIMES["gsm8k"]:
+        arms = agg.get(regime, {}).get("arms", {})
+        diff = arms["sapo"]["vs_grpo"]["heldout_after"] if "sapo" in arms and "vs_grpo" in arms["sapo"] else None
+        pairs[regime] = diff["n"] if diff else 0
+        name = f"`{regime}`" + (" (a recipe chosen with SAPO: its home ground)" if regime == "demo" else "")
+        parts.append(f"{name} {_paired(diff, 'SAPO')}" if diff else f"{name} no pair yet")
+    if all(n >= planned for n in pairs.values()):
+        status = f"{planned} paired seeds per regime"
+    else:
+        done = ", ".join(f"`{r}` {n} of {planned}" for r, n in pairs.items())
+        status = f"**partial**: paired seeds {done}; the remaining runs resume with the commands in docs/results.md §2b, and this paragraph is regenerated from the JSON"
+    minutes = [r["train_seconds"] / 60 for r in runs]
+    timing = (
+        f" Training took {min(minutes):.1f}-{max(minutes):.1f} min per run (`OMP_NUM_THREADS=1`, the two regimes' commands side by side on 2 cores)."
+        if minutes
+        else ""
+    )
+    return (
+        f"SmolLM2-135M realism study ({status}): held-out accuracy after training, SAPO − GRPO paired over seeds "
+        f"(seeds on which SAPO is higher): {'; '.join(parts)}.{timing}\n"
+    )
+
+
 def _reading(gain: dict) -> str:
     """What a mean ± 95 % interval over seeds allows one to say about the change."""
     if gain["ci95"] is None:
@@ -275,6 +305,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "copy-tau": copy_tau,
     "copy-timing": copy_timing,
     "gsm8k-realism": gsm8k_realism,
+    "gsm8k-realism-status": gsm8k_realism_status,
     "demo-seeds": demo_seeds,
     "demo-seeds-short": lambda: demo_seeds(short=True),
 }

@@ -22,7 +22,15 @@ def docs_numbers():
 def test_generated_blocks_match_the_committed_json(docs_numbers, capsys):
     assert docs_numbers.main(["--check"]) == 0, capsys.readouterr().err
     blocks = {m["name"] for path in docs_numbers.DOCS for m in docs_numbers.BLOCK_RE.finditer(path.read_text())}
-    assert {"copy-headline", "copy-tau", "copy-timing", "gsm8k-realism", "rewards", "demo-seeds"} <= blocks
+    assert {
+        "copy-headline",
+        "copy-tau",
+        "copy-timing",
+        "gsm8k-realism",
+        "gsm8k-realism-status",
+        "rewards",
+        "demo-seeds",
+    } <= blocks
 
 
 def test_a_stale_block_is_detected_and_rewritten(docs_numbers, tmp_path, monkeypatch):
@@ -95,3 +103,27 @@ def test_demo_seed_blocks_render_from_a_seed_study(docs_numbers, tmp_path, monke
         "| seed | threads | before | after | gain |" in full
         and f"| every run at {os.cpu_count()} threads <= 15 min | yes |" in full
     )
+
+
+def test_realism_status_says_partial_until_every_regime_has_the_planned_seeds(docs_numbers, monkeypatch):
+    """The README/§2b status paragraph: 'partial' with per-regime counts below the plan, the verdict the paired
+    held-out interval allows, the SAPO-chosen caveat on the demo regime, and training time from the runs."""
+
+    def study(pairs: dict[str, tuple[float, float, int]]):
+        agg = {
+            regime: {"arms": {"grpo": {}, "sapo": {"vs_grpo": {"heldout_after": {
+                "mean": mean, "ci95": ci, "n": n, "wins": n, "losses": 0}}}}}
+            for regime, (mean, ci, n) in pairs.items()
+        }  # fmt: skip
+        return agg, [{"train_seconds": 600.0}, {"train_seconds": 900.0}]
+
+    monkeypatch.setattr(docs_numbers, "_study", lambda name: study({"demo": (0.1, 0.3, 2)}))
+    text = docs_numbers.gsm8k_realism_status()
+    assert "**partial**: paired seeds `demo` 2 of 5, `reuse` 0 of 5" in text
+    assert "`demo` (a recipe chosen with SAPO: its home ground) +0.100 ± 0.300 (2/2), too few seeds to rank" in text
+    assert "`reuse` no pair yet" in text and "Training took 10.0-15.0 min per run" in text
+
+    monkeypatch.setattr(docs_numbers, "_study", lambda name: study({"demo": (0.1, 0.05, 5), "reuse": (-0.02, 0.1, 5)}))
+    text = docs_numbers.gsm8k_realism_status()
+    assert "(5 paired seeds per regime)" in text and "partial" not in text
+    assert "+0.100 ± 0.050 (5/5), **SAPO ahead**" in text and "-0.020 ± 0.100 (5/5), not separable" in text
