@@ -164,7 +164,7 @@ def gsm8k_realism() -> str:
                 f"| {s} | {g['summary']['heldout_before']:.3f} | {g['summary']['heldout_after']:.3f} | "
                 f"{p['summary']['heldout_after']:.3f} | {p['summary']['heldout_after'] - g['summary']['heldout_after']:+.3f} | "
                 f"{g['summary']['train_reward_mean']:.3f} / {p['summary']['train_reward_mean']:.3f} | "
-                f"{g['train_seconds'] / 60:.1f} / {p['train_seconds'] / 60:.1f} |"
+                f"{_minutes(g)} / {_minutes(p)} |"
             )
         vs = table["sapo"]["vs_grpo"]
         lines += [
@@ -176,7 +176,13 @@ def gsm8k_realism() -> str:
             f"- collapses (learned, then lost half the reward; or non-finite): GRPO {table['grpo']['collapses']}, "
             f"SAPO {table['sapo']['collapses']}.",
         ]
+        if any(by[arm, s].get("resumed_from") for arm in ("grpo", "sapo") for s in seeds):
+            lines.append("- † resumed from a checkpoint after an interruption: the minutes of the last process only.")
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _minutes(run: dict) -> str:
+    return f"{run['train_seconds'] / 60:.1f}" + ("†" if run.get("resumed_from") else "")
 
 
 def gsm8k_realism_status() -> str:
@@ -197,7 +203,7 @@ def gsm8k_realism_status() -> str:
     else:
         done = ", ".join(f"`{r}` {n} of {planned}" for r, n in pairs.items())
         status = f"**partial**: paired seeds {done}; the remaining runs resume with the commands in docs/results.md §2b, and this paragraph is regenerated from the JSON"
-    minutes = [r["train_seconds"] / 60 for r in runs]
+    minutes = [r["train_seconds"] / 60 for r in runs if not r.get("resumed_from")]  # a resumed run's time is partial
     timing = (
         f" Training took {min(minutes):.1f}-{max(minutes):.1f} min per run (`OMP_NUM_THREADS=1`, the two regimes' commands side by side on 2 cores)."
         if minutes

@@ -1,0 +1,70 @@
+"""benchmarks/learning.py's own measurements: the probe KL after a resume, and the per-run summaries."""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import REPO_ROOT
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+@pytest.fixture(scope="module")
+def learning():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import learning
+    finally:
+        sys.path.pop(0)
+    return learning
+
+
+def test_probe_kl_after_a_resume_is_measured_from_the_loaded_weights(learning):
+    """The trainer loads a checkpoint between the callback's construction (π_0) and the first step: the first
+    per-step KL must compare with the loaded weights, while KL to the start still compares with π_0."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    trainer = SimpleNamespace(model=model, _metrics={"train": defaultdict(list)})
+    ids = torch.tensor([[1, 2, 3, 4, 5], [0, 6, 7, 8, 9]])
+    probe = learning.ProbeKLCallback(trainer, ids, (ids > 0).long(), torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 1, 1]]))
+    with torch.no_grad():  # "resume": the checkpoint's weights differ from π_0
+        for param in model.parameters():
+            param.add_(0.5 * torch.randn_like(param))
+    probe.on_train_begin(None, None, None)
+    probe.on_step_end(None, None, None)  # no optimizer update since the resume
+    metrics = trainer._metrics["train"]
+    assert metrics["study/kl_to_init"][0] > 1e-3
+    assert abs(metrics["study/step_kl"][0]) < 1e-6
+
+
+def test_stale_step_kl_after_an_old_resume_is_dropped(learning):
+    run = {"resumed_from": "checkpoint-2", "series": {"step_kl": [0.1, 0.2, 0.9, 0.3], "reward": [0.0] * 4}}
+    assert learning.drop_stale_step_kl(run)["series"]["step_kl"] == [0.1, 0.2, None, 0.3]
+    assert run["series"]["step_kl"][2] == 0.9  # the input record is left as it was
+    fresh = {"resumed_from": None, "series": {"step_kl": [0.1, 0.2]}}
+    assert learning.drop_stale_step_kl(fresh) is fresh
+
+
+def _run(task: str, reward: list[float]) -> dict:
+    n = len(reward)
+    return {
+        "task": task,
+        "eval_before": {"accuracy": 0.1, "reward": 0.1},
+        "eval_after": {"accuracy": 0.2, "reward": 0.2},
+        "nonfinite_steps": [],
+        "series": {"reward": reward, "kl_to_init": [0.01] * n, "step_kl": [0.001] * n, "entropy": [1.0] * n,
+                   "grad_norm": [1.0] * n, "ratio_max": [1.0] * n, "abs_log_ratio": [0.0] * n},
+    }  # fmt: skip
+
+
+def test_final_reward_is_the_last_fifth_of_a_short_run(learning):
+    """gsm8k runs are 16-32 steps: 'final' = the last 20 % of them, not the copy task's 20-step floor (the whole run)."""
+    reward = [0.0] * 12 + [1.0] * 4
+    summary = learning.summarise_run(_run("gsm8k", reward))
+    assert summary["train_reward_final"] == 1.0 and summary["train_reward_mean"] == 0.25
+    assert learning.summarise_run(_run("copy", reward))["train_reward_final"] == 0.25
