@@ -724,7 +724,23 @@ def _round(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.4g}")
 
 
+def check_one_setting_per_regime(runs: list[dict]) -> None:
+    """Refuse to pool runs of one regime that the trainer ran with different settings (e.g. the demo recipe was
+    edited while a study was under way): their paired differences would compare different experiments."""
+    for regime in sorted({r["regime"] for r in runs}):
+        recorded = {(r["arm"], r["seed"]): r["settings"] for r in runs if r["regime"] == regime and "settings" in r}
+        first = next(iter(recorded.values()), None)
+        differing = {run: s for run, s in recorded.items() if s != first}
+        if differing:
+            keys = sorted({k for s in differing.values() for k in {*s, *first} if s.get(k) != first.get(k)})
+            raise SystemExit(
+                f"regime {regime!r}: runs {sorted(differing)} were trained with other settings than the rest "
+                f"(differing: {keys}); finish them with one recipe or move them out of the output folder"
+            )
+
+
 def write_report(args, runs: list[dict]) -> dict:
+    check_one_setting_per_regime(runs)
     result = {"task": args.task, "config": vars(args), "regimes": aggregate(runs), "torch": torch.__version__}
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -68,3 +68,16 @@ def test_final_reward_is_the_last_fifth_of_a_short_run(learning):
     summary = learning.summarise_run(_run("gsm8k", reward))
     assert summary["train_reward_final"] == 1.0 and summary["train_reward_mean"] == 0.25
     assert learning.summarise_run(_run("copy", reward))["train_reward_final"] == 0.25
+
+
+def test_runs_of_one_regime_with_different_settings_are_not_pooled(learning):
+    settings = {"learning_rate": 1.5e-5, "reward_weights": [1.0, 1.0]}
+    runs = [
+        {"regime": "demo", "arm": "grpo", "seed": 0, "settings": settings},
+        {"regime": "demo", "arm": "sapo", "seed": 0, "settings": dict(settings)},
+        {"regime": "reuse", "arm": "sapo", "seed": 0, "settings": {**settings, "learning_rate": 1e-5}},
+    ]
+    learning.check_one_setting_per_regime(runs)  # one setting per regime: fine
+    runs.append({"regime": "demo", "arm": "sapo", "seed": 1, "settings": {**settings, "reward_weights": [1.0, 0.5]}})
+    with pytest.raises(SystemExit, match=r"regime 'demo': runs \[\('sapo', 1\)\].*differing: \['reward_weights'\]"):
+        learning.check_one_setting_per_regime(runs)
