@@ -28,7 +28,9 @@ same initial model and data order), and the τ whose per-step KL matches ε = 0.
 Results go to `--results_dir` (default docs/results): learning_<task>.{json,md,png}. Each (regime, arm, seed) run
 writes `<output_dir>/<regime>/<arm>-seed<seed>/done.json`; re-running skips finished runs (a copy run takes seconds,
 so an interrupted run restarts; a gsm8k run resumes from its last checkpoint), so a sweep can be stopped and
-continued, `nice`d in the background.
+continued, `nice`d in the background. A run in progress is locked by its process (`running.pid`), so a second copy of
+the same command on another core takes the runs the first has not; each copy's report covers the runs it saw, so
+redraw it with --report_only when both are done.
 
     python benchmarks/learning.py --smoke                                     # < 1 min, tiny settings
     python benchmarks/learning.py --task copy --seeds 0 1 2 3 4 5 6 7 8 9     # the study (~1 h, 1 core)
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -296,13 +299,52 @@ TASKS = {"copy": copy_task_setup, "gsm8k": gsm8k_task_setup}
 # --------------------------------------------------------------------------------------------------------------------
 # One run
 # --------------------------------------------------------------------------------------------------------------------
-def run_one(args, regime: str, arm: str, seed: int) -> dict:
-    """Train one (regime, arm, seed) run (resuming a checkpointed gsm8k run), evaluate it, write done.json."""
+LOCK_NAME = "running.pid"
+
+
+def claim_run(run_dir: Path) -> bool:
+    """Take <run_dir>/running.pid for this process; False while another live process holds it. A lock left by a
+    dead process (killed, machine restarted) is taken over. Lets several copies of one study command share the runs."""
+    lock = run_dir / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            holder = int(lock.read_text().strip() or 0)
+            os.kill(holder, 0)  # raises when no such process
+            if holder != os.getpid():
+                return False
+        except (ValueError, ProcessLookupError):
+            pass  # stale: take it over
+        except PermissionError:  # a live process of another user
+            return False
+        fd = os.open(lock, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def run_one(args, regime: str, arm: str, seed: int) -> dict | None:
+    """Train one (regime, arm, seed) run (resuming a checkpointed gsm8k run), evaluate it, write done.json. None when
+    another process is training it."""
     run_dir = Path(args.output_dir) / regime / f"{arm}-seed{seed}"
     done = run_dir / "done.json"
     if done.exists():
         return json.loads(done.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not claim_run(run_dir):
+        print(f"skipping {run_dir}: another process is training it", file=sys.stderr)
+        return None
+    try:
+        if done.exists():  # finished by the other process between the two checks
+            return json.loads(done.read_text())
+        return train_and_evaluate(args, regime, arm, seed, run_dir)
+    finally:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+
+
+def train_and_evaluate(args, regime: str, arm: str, seed: int, run_dir: Path) -> dict:
+    done = run_dir / "done.json"
     task = TASKS[args.task](args, seed)
     eval_before = evaluate_before(args, task)
     checkpointing = args.task == "gsm8k"
@@ -366,7 +408,9 @@ def run_one(args, regime: str, arm: str, seed: int) -> dict:
         ],
     }
     record["summary"] = summarise_run(record)
-    done.write_text(json.dumps(record))
+    scratch = done.with_suffix(".tmp")
+    scratch.write_text(json.dumps(record))
+    os.replace(scratch, done)  # atomic: another process polls for done.json
     for ckpt in run_dir.glob("checkpoint-*"):  # checkpoints only serve resumption; done.json holds the results
         shutil.rmtree(ckpt)
     return record
@@ -379,7 +423,9 @@ def evaluate_before(args, task: dict) -> dict:
         return task["evaluate"](task["model"])
     path = Path(args.output_dir) / "eval_before.json"
     if not path.exists():
-        path.write_text(json.dumps(task["evaluate"](task["model"].to(args.device))))
+        scratch = path.with_suffix(f".{os.getpid()}.tmp")  # another process may be reading or writing it too
+        scratch.write_text(json.dumps(task["evaluate"](task["model"].to(args.device))))
+        os.replace(scratch, path)
     return json.loads(path.read_text())
 
 
@@ -854,7 +900,8 @@ def main(argv=None) -> dict:
             if done.exists():
                 runs.append(json.loads(done.read_text()))
             continue
-        runs.append(run_one(args, regime, arm, seed))
+        if (run := run_one(args, regime, arm, seed)) is not None:
+            runs.append(run)
     if not runs and args.report_only:
         committed = Path(args.results_dir) / f"learning_{args.task}.json"
         if not committed.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import defaultdict
 from types import SimpleNamespace
@@ -81,3 +82,18 @@ def test_runs_of_one_regime_with_different_settings_are_not_pooled(learning):
     runs.append({"regime": "demo", "arm": "sapo", "seed": 1, "settings": {**settings, "reward_weights": [1.0, 0.5]}})
     with pytest.raises(SystemExit, match=r"regime 'demo': runs \[\('sapo', 1\)\].*differing: \['reward_weights'\]"):
         learning.check_one_setting_per_regime(runs)
+
+
+def test_a_run_is_claimed_by_one_live_process_at_a_time(learning, tmp_path):
+    """Two copies of a study command share the runs: a run locked by a live process is skipped, a lock left by a
+    dead one is taken over."""
+    import subprocess
+
+    assert learning.claim_run(tmp_path) and (tmp_path / learning.LOCK_NAME).read_text() == str(os.getpid())
+    assert learning.claim_run(tmp_path)  # this process already holds it
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as other:
+        (tmp_path / learning.LOCK_NAME).write_text(str(other.pid))
+        assert not learning.claim_run(tmp_path)
+        other.kill()
+    assert learning.claim_run(tmp_path)  # the holder is gone: stale lock taken over
+    assert (tmp_path / learning.LOCK_NAME).read_text() == str(os.getpid())
