@@ -205,7 +205,7 @@ def _check_paths(words: list[str], made_dirs: set[str]) -> None:
 
 def check_command(words: list[str], made_dirs: set[str], monkeypatch) -> None:
     while words and (ENV_ASSIGNMENT.match(words[0]) or words[0] in ("nohup", "nice", "sudo")):
-        words = words[1:]
+        words = words[3:] if words[0] == "nice" and words[1:2] == ["-n"] else words[1:]  # `nice -n 10 cmd`
     program, rest = words[0], words[1:]
     if program == "mkdir":
         return
