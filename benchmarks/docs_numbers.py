@@ -203,10 +203,17 @@ def gsm8k_realism_status() -> str:
     else:
         done = ", ".join(f"`{r}` {n} of {planned}" for r, n in pairs.items())
         status = f"**partial**: paired seeds {done}; the remaining runs resume with the commands in docs/results.md §2b, and this paragraph is regenerated from the JSON"
-    minutes = [r["train_seconds"] / 60 for r in runs if not r.get("resumed_from")]  # a resumed run's time is partial
+    spans = []
+    for regime in learning.REGIMES["gsm8k"]:
+        # a resumed run's time covers its last process only
+        minutes = [r["train_seconds"] / 60 for r in runs if r["regime"] == regime and not r.get("resumed_from")]
+        if minutes:
+            low, high = f"{min(minutes):.1f}", f"{max(minutes):.1f}"
+            spans.append(f"`{regime}` {low if low == high else f'{low}-{high}'} min")
     timing = (
-        f" Training took {min(minutes):.1f}-{max(minutes):.1f} min per run (`OMP_NUM_THREADS=1`, the two regimes' commands side by side on 2 cores)."
-        if minutes
+        f" Training per run: {', '.join(spans)} (`OMP_NUM_THREADS=1`, the two regimes' commands side by side on 2 "
+        "cores)."
+        if spans
         else ""
     )
     return (

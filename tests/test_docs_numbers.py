@@ -115,13 +115,14 @@ def test_realism_status_says_partial_until_every_regime_has_the_planned_seeds(do
                 "mean": mean, "ci95": ci, "n": n, "wins": n, "losses": 0}}}}}
             for regime, (mean, ci, n) in pairs.items()
         }  # fmt: skip
-        return agg, [{"train_seconds": 600.0}, {"train_seconds": 900.0}]
+        return agg, [{"regime": "demo", "train_seconds": 600.0}, {"regime": "demo", "train_seconds": 900.0},
+                     {"regime": "reuse", "train_seconds": 1200.0, "resumed_from": "checkpoint-2"}]  # fmt: skip
 
     monkeypatch.setattr(docs_numbers, "_study", lambda name: study({"demo": (0.1, 0.3, 2)}))
     text = docs_numbers.gsm8k_realism_status()
     assert "**partial**: paired seeds `demo` 2 of 5, `reuse` 0 of 5" in text
     assert "`demo` (a recipe chosen with SAPO: its home ground) +0.100 ± 0.300 (2/2), too few seeds to rank" in text
-    assert "`reuse` no pair yet" in text and "Training took 10.0-15.0 min per run" in text
+    assert "`reuse` no pair yet" in text and "Training per run: `demo` 10.0-15.0 min (" in text
 
     monkeypatch.setattr(docs_numbers, "_study", lambda name: study({"demo": (0.1, 0.05, 5), "reuse": (-0.02, 0.1, 5)}))
     text = docs_numbers.gsm8k_realism_status()
