@@ -620,7 +620,12 @@ def tau_match_sentence(tau_of_means: float | None, block: dict, key: str) -> str
         return f"{of_means} (log-log interpolation between the arm means)."
     n, never = len(per_seed["per_seed"]), per_seed["never_cross"]
     lo, hi = per_seed["tau_tried"]
-    if per_seed["range"]:
+    if per_seed["range"] and n - never == 1:
+        spread = (
+            f"τ ≈ {per_seed['range'][0]:.2g} on the one seed of {n} that crosses between τ {lo:g} and {hi:g} "
+            f"({never} never do)"
+        )
+    elif per_seed["range"]:
         spread = (
             f"per seed τ ≈ {per_seed['range'][0]:.2g}-{per_seed['range'][1]:.2g} (median {per_seed['median']:.2g}) on "
             f"the {n - never} of {n} seeds that cross between τ {lo:g} and {hi:g} ({never} never do)"
@@ -646,7 +651,7 @@ def _fmt_diff(d: dict) -> str:
     if d["mean"] is None:
         return "n/a"
     ci = "" if d["ci95"] is None else f" ± {d['ci95']:.2g}"
-    return f"{d['mean']:+.3g}{ci} ({d['wins']}/{d['n']} seeds better)"
+    return f"{d['mean']:+.3g}{ci} ({d['wins']}/{d['n']} seeds higher)"
 
 
 def _mean_of(values: list) -> float | None:
