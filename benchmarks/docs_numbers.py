@@ -31,9 +31,8 @@ def verdict(diff: dict, arm: str, base: str = "GRPO", higher_is_better: bool = T
     (and 'too few seeds to rank' below 3 pairs)."""
     if diff.get("mean") is None:
         return "n/a"
-    if (
-        diff.get("n", 3) < 3 or diff.get("ci95") is None
-    ):  # two seeds: a t-interval with 1 degree of freedom (or zero width by coincidence)
+    # one seed has no interval; two give a t-interval with 1 degree of freedom (or zero width by coincidence)
+    if diff.get("n", 3) < 3 or diff.get("ci95") is None:
         return "too few seeds to rank"
     if abs(diff["mean"]) <= diff["ci95"]:
         return "not separable"
@@ -191,7 +190,7 @@ def gsm8k_realism_status() -> str:
 
     study = _study("learning_gsm8k.json")
     agg, runs = study if study is not None else ({}, [])
-    planned, parts, pairs = learning.PLANNED_SEEDS["gsm8k"], [], {}
+    planned, parts, pairs = learning.PLANNED_GSM8K_SEEDS, [], {}
     for regime in learning.REGIMES["gsm8k"]:
         arms = agg.get(regime, {}).get("arms", {})
         diff = arms["sapo"]["vs_grpo"]["heldout_after"] if "sapo" in arms and "vs_grpo" in arms["sapo"] else None
