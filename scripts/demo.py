@@ -50,18 +50,26 @@ def pick_num_threads() -> int:
     return max(1, min(cpus, round(cpus - busy)))
 
 
-def evaluate_model(model_path: str, heldout: dict, max_new_tokens: int, label: str) -> dict:
-    """Greedy pass@1 per subset: {subset: {"correct": [bool], "operations": [str], "format_rate",
+def evaluate_model(model_path: str, heldout: dict, recipe: dict, label: str) -> dict:
+    """Greedy pass@1 per subset, prompted and length-limited as the recipe trains (system prompt, few-shot turns,
+    max_completion_length): {subset: {"correct": [bool], "operations": [str], "format_rate",
     "mean_completion_tokens"}}."""
 
     from trl_sapo.gsm8k.evaluation import evaluate, load_model_for_eval
+    from trl_sapo.gsm8k.recipe import resolve_system_prompt
     from trl_sapo.gsm8k.synthetic import operations
 
     model, tokenizer = load_model_for_eval(model_path, dtype="float32", device="cpu")
+    prompt_format = {
+        "system_prompt": resolve_system_prompt(recipe.get("system_prompt")),
+        "num_few_shot": recipe.get("num_few_shot", 0),
+    }
     out = {}
     for name, dataset in heldout.items():
         print(f"-- evaluating {label} on {len(dataset)} held-out problems ({name})", flush=True)
-        result = evaluate(model, tokenizer, dataset, batch_size=32, max_new_tokens=max_new_tokens)
+        result = evaluate(
+            model, tokenizer, dataset, batch_size=32, max_new_tokens=recipe["max_completion_length"], **prompt_format
+        )
         out[name] = {
             "correct": [p["correct"][0] for p in result["predictions"]],
             "operations": [operations(answer) for answer in dataset["answer"]],
@@ -229,18 +237,17 @@ def main() -> None:
     num_threads = pick_num_threads()
     torch.set_num_threads(num_threads)
     model_dir = Path(args.model_name_or_path) if args.model_name_or_path else prepare_smollm2()
-    max_new_tokens = recipe["max_completion_length"]  # the training budget
     heldout = load_heldout_mix(args.num_eval_examples)
     print(f"== SAPO demo: {model_dir.name}, {num_threads} CPU thread(s), output {args.output_dir} ==", flush=True)
     if Path(args.output_dir).exists():  # a demo is a fresh run: never resume or mix with an earlier demo
         shutil.rmtree(args.output_dir)
 
     t0 = time.time()
-    before = evaluate_model(str(model_dir), heldout, max_new_tokens, "the base model")
+    before = evaluate_model(str(model_dir), heldout, recipe, "the base model")
     t1 = time.time()
     train_seconds = train(args, model_dir, num_threads)
     t2 = time.time()
-    after = evaluate_model(args.output_dir, heldout, max_new_tokens, "the trained model")
+    after = evaluate_model(args.output_dir, heldout, recipe, "the trained model")
     times = {"eval_before": t1 - t0, "train": train_seconds, "eval_after": time.time() - t2}
     times["total"] = time.time() - started
 

@@ -137,3 +137,35 @@ def test_demo_quotes_the_seed_study_only_for_its_own_recipe(tmp_path):
     path.write_text(json.dumps({**study, "recipe_sha256": "0" * 16}))
     assert "another version" in demo.seed_context(0.15, path)
     assert demo.seed_context(0.15, tmp_path / "absent.json") is None
+
+
+@pytest.mark.parametrize(
+    ("recipe_keys", "system_prompt", "num_few_shot"),
+    [
+        ({}, "DEFAULT", 0),
+        ({"system_prompt": "Be brief."}, "Be brief.", 0),
+        ({"system_prompt": "", "num_few_shot": 2}, "", 2),
+    ],
+)
+def test_demo_evaluates_with_the_recipes_prompt_format(monkeypatch, recipe_keys, system_prompt, num_few_shot):
+    """The held-out evaluation asks the question as training does (system prompt, few-shot turns, length budget):
+    a recipe's system_prompt must not be trained on and then evaluated with the default one."""
+    from datasets import Dataset
+
+    import trl_sapo.gsm8k.evaluation as evaluation
+    from trl_sapo.gsm8k.data import SYSTEM_PROMPT
+
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, dataset, **kwargs):
+        seen.update(kwargs)
+        return {"predictions": [{"correct": [True]}], "format_rate": 1.0, "mean_completion_tokens": 5.0}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluation, "load_model_for_eval", lambda *a, **k: (None, None))
+    demo = _load("scripts/demo.py")
+    heldout = {"same kind as training": Dataset.from_dict({"question": ["1 + 1?"], "answer": ["#### 2"]})}
+    demo.evaluate_model("unused", heldout, {"max_completion_length": 96, **recipe_keys}, "the base model")
+    expected_prompt = SYSTEM_PROMPT if system_prompt == "DEFAULT" else system_prompt
+    assert seen["system_prompt"] == expected_prompt and seen["num_few_shot"] == num_few_shot
+    assert seen["max_new_tokens"] == 96

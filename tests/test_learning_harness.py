@@ -97,3 +97,22 @@ def test_a_run_is_claimed_by_one_live_process_at_a_time(learning, tmp_path):
         other.kill()
     assert learning.claim_run(tmp_path)  # the holder is gone: stale lock taken over
     assert (tmp_path / learning.LOCK_NAME).read_text() == str(os.getpid())
+
+
+def test_gsm8k_report_leaves_out_the_copy_tasks_threshold_and_tau_rows(learning):
+    """The 0.8 "learned" threshold and the τ-ε interpolation belong to the copy task's τ sweep: a gsm8k report (two
+    arms, rewards ~0.1-0.3) would print 'n/a', 'never reached: all' and 'no pair brackets it' in every regime."""
+
+    def study(task: str, arms: tuple[str, ...]) -> str:
+        runs = [
+            {**_run(task, [0.9] * 30), "regime": "reuse", "arm": arm, "seed": seed} for arm in arms for seed in (0, 1)
+        ]
+        args = SimpleNamespace(task=task, batch_size=16, num_generations=8, max_steps=None, learning_rate=None)
+        return learning.markdown({"regimes": learning.aggregate(runs)}, args, runs)
+
+    copy_report = study("copy", ("grpo", "sapo", "sapo-tau2"))
+    assert "Steps until 20-step reward ≥ 0.8" in copy_report and "never reached 0.8" in copy_report
+    assert "τ_pos whose" in copy_report
+    gsm8k_report = study("gsm8k", ("grpo", "sapo"))
+    assert "≥ 0.8" not in gsm8k_report and "reached 0.8" not in gsm8k_report and "τ_pos whose" not in gsm8k_report
+    assert "Held-out score after training" in gsm8k_report and "Collapses" in gsm8k_report

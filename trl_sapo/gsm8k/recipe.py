@@ -153,9 +153,16 @@ def load_reward_funcs(
     return funcs
 
 
+def resolve_system_prompt(system_prompt: str | None) -> str:
+    """The recipe's `system_prompt` as the prompts get it: None -> the default SYSTEM_PROMPT, '' -> no system message."""
+    from .data import SYSTEM_PROMPT
+
+    return SYSTEM_PROMPT if system_prompt is None else system_prompt
+
+
 def load_split(script_args: GSM8KScriptArguments, split: str, num_examples: int | None, seed: int):
     """One split as TRL conversational prompts (`prompt`) with the reference `answer` column for the rewards."""
-    from .data import SYSTEM_PROMPT, load_gsm8k, to_prompts
+    from .data import load_gsm8k, to_prompts
 
     dataset = load_gsm8k(
         script_args.dataset_name,
@@ -165,7 +172,7 @@ def load_split(script_args: GSM8KScriptArguments, split: str, num_examples: int 
         seed=seed,
         skip_invalid=script_args.skip_invalid_rows,
     )
-    system_prompt = SYSTEM_PROMPT if script_args.system_prompt is None else script_args.system_prompt
+    system_prompt = resolve_system_prompt(script_args.system_prompt)
     return to_prompts(dataset, system_prompt=system_prompt, num_few_shot=script_args.num_few_shot)
 
 
