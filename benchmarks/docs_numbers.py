@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -24,6 +25,9 @@ RESULTS = REPO_ROOT / "docs" / "results"
 DOCS = (REPO_ROOT / "README.md", REPO_ROOT / "docs" / "results.md")
 BLOCK_RE = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+sys.path.insert(0, str(REPO_ROOT))  # the checkout's tools/ package
+
+from tools.stats import mean_ci, t95  # noqa: E402
 
 
 def verdict(diff: dict, arm: str, base: str = "GRPO", higher_is_better: bool = True) -> str:
@@ -40,10 +44,12 @@ def verdict(diff: dict, arm: str, base: str = "GRPO", higher_is_better: bool = T
     return f"{arm if arm_higher == higher_is_better else base} ahead"
 
 
-def _ms(stats: dict, digits: int = 3) -> str:
+def _ms(stats: dict, digits: int = 3, signed: bool = False) -> str:
     if stats["mean"] is None:
         return "n/a"
-    return f"{stats['mean']:.{digits}f}" + ("" if stats["ci95"] is None else f" ± {stats['ci95']:.{digits}f}")
+    return f"{stats['mean']:{'+' if signed else ''}.{digits}f}" + (
+        "" if stats["ci95"] is None else f" ± {stats['ci95']:.{digits}f}"
+    )
 
 
 def _paired(diff: dict, arm: str, higher_is_better: bool = True) -> str:
@@ -166,11 +172,22 @@ def gsm8k_realism() -> str:
                 f"{_minutes(g)} / {_minutes(p)} |"
             )
         vs = table["sapo"]["vs_grpo"]
+        change = {  # does training move the held-out score at all? after − before per seed (same initial model)
+            arm: mean_ci(
+                [by[arm, s]["summary"]["heldout_after"] - by[arm, s]["summary"]["heldout_before"] for s in seeds]
+            )
+            for arm in ("grpo", "sapo")
+        }
         lines += [
             "",
             f"- held-out after training: GRPO {_ms(table['grpo']['heldout_after'])}, SAPO "
             f"{_ms(table['sapo']['heldout_after'])}; paired SAPO − GRPO {_paired(vs['heldout_after'], 'SAPO')} "
             f"(in brackets: seeds on which SAPO is higher).",
+            "- change from the initial model (after − before, mean over seeds): "
+            + "; ".join(f"{arm.upper()} {_ms(c, signed=True)}, {_reading(c)}" for arm, c in change.items())
+            + ".",
+            f"- seeds needed to resolve a paired held-out difference of this size at this spread: "
+            f"{_pairs_to_resolve(vs['heldout_after'])}.",
             f"- mean training reward (sample efficiency): paired {_paired(vs['train_reward_mean'], 'SAPO')}.",
             f"- collapses (learned, then lost half the reward; or non-finite): GRPO {table['grpo']['collapses']}, "
             f"SAPO {table['sapo']['collapses']}.",
@@ -178,6 +195,19 @@ def gsm8k_realism() -> str:
         if any(by[arm, s].get("resumed_from") for arm in ("grpo", "sapo") for s in seeds):
             lines.append("- † resumed from a checkpoint after an interruption: the minutes of the last process only.")
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _pairs_to_resolve(diff: dict) -> str:
+    """The smallest n whose 95 % t-interval, at the observed per-pair spread, would be narrower than |mean|."""
+    if diff.get("ci95") is None or not diff.get("mean"):
+        return "n/a"
+    spread = diff["ci95"] * math.sqrt(diff["n"]) / t95(diff["n"] - 1)  # the per-pair standard deviation
+    n = 3
+    while t95(n - 1) * spread / math.sqrt(n) >= abs(diff["mean"]):
+        n += 1
+        if n > 1000:
+            return "more than 1000"
+    return f"≈ {n} (the study has {diff['n']})"
 
 
 def _minutes(run: dict) -> str:
