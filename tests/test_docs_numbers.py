@@ -128,3 +128,12 @@ def test_realism_status_says_partial_until_every_regime_has_the_planned_seeds(do
     text = docs_numbers.gsm8k_realism_status()
     assert "(5 paired seeds per regime)" in text and "partial" not in text
     assert "+0.100 ± 0.050 (5/5), **SAPO ahead**" in text and "-0.020 ± 0.100 (5/5), not separable" in text
+
+
+def test_pairs_needed_to_resolve_a_difference_follow_the_t_interval(docs_numbers):
+    """+0.037 ± 0.070 over 5 pairs (per-pair sd 0.0564): 11 pairs give ± 0.038 (still covers 0), 12 give ± 0.036."""
+    assert docs_numbers._pairs_to_resolve({"mean": 0.037, "ci95": 0.070, "n": 5}) == "≈ 12 (the study has 5)"
+    assert docs_numbers._pairs_to_resolve({"mean": -0.037, "ci95": 0.070, "n": 5}) == "≈ 12 (the study has 5)"
+    assert docs_numbers._pairs_to_resolve({"mean": 0.5, "ci95": 0.01, "n": 5}) == "≈ 3 (the study has 5)"
+    assert docs_numbers._pairs_to_resolve({"mean": 0.0, "ci95": 0.07, "n": 5}) == "n/a"
+    assert docs_numbers._pairs_to_resolve({"mean": 0.001, "ci95": 0.5, "n": 5}) == "more than 1000"
