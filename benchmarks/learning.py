@@ -523,7 +523,7 @@ ROWS = (  # (label, summary key)
     ("Grad norm, mean", "grad_norm_mean"),
     ("Grad norm, max", "grad_norm_max"),
     ("Max ratio r seen by the loss", "ratio_max"),
-    ("Mean |log r| seen by the loss", "abs_log_ratio_mean"),
+    ("Mean \\|log r\\| seen by the loss", "abs_log_ratio_mean"),  # escaped: a table cell
 )
 
 

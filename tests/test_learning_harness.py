@@ -116,3 +116,11 @@ def test_gsm8k_report_leaves_out_the_copy_tasks_threshold_and_tau_rows(learning)
     gsm8k_report = study("gsm8k", ("grpo", "sapo"))
     assert "≥ 0.8" not in gsm8k_report and "reached 0.8" not in gsm8k_report and "τ_pos whose" not in gsm8k_report
     assert "Held-out score after training" in gsm8k_report and "Collapses" in gsm8k_report
+    tables, previous = [], ""
+    for line in gsm8k_report.splitlines():  # every row of a table has its header's cell count: no stray '|' in a label
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(line.replace("\\|", "").count("|"))
+        previous = line
+    assert len(tables) >= 3 and all(len(set(cells)) == 1 for cells in tables), tables
