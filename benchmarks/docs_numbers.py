@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -321,7 +322,8 @@ def demo_trials() -> str:
     data = _load("demo_recipe_trials.json")
     if data is None:
         return "*No recipe trials recorded.*\n"
-    ops = [k for k in data["runs"][0]["gain"] if k.startswith("operation ")]
+    ops = ["same kind as training", "unseen phrasings"]
+    ops += [k for k in data["runs"][0]["gain"] if k.startswith("operation ")]
     lines = [
         "| recipe | seed | held-out before → after (n = 128) | gain ± paired 95 % CI | "
         + " | ".join(f"gain, {op}" for op in ops)
@@ -340,24 +342,25 @@ def demo_trials() -> str:
     return "\n".join(lines) + f"\n\n({data['note']}.)\n"
 
 
-def _sapo_gains_from_study(regime: str) -> tuple[list[float], dict[str, list[float]], list[float]]:
-    """SAPO arm of one realism-study regime: held-out gain per seed (all problems, each operation) and training
-    minutes of the runs that were not resumed."""
+def _sapo_gains_from_study(regime: str) -> tuple[list[float], list[float], dict[str, list[float]], list[float]]:
+    """SAPO arm of one realism-study regime: held-out accuracy before and gain per seed (all problems, each
+    operation), and training minutes of the runs that were not resumed."""
     data = _load("learning_gsm8k.json")
     runs = sorted(
         (r for r in (data or {"runs": []})["runs"] if r["regime"] == regime and r["arm"] == "sapo"),
         key=lambda r: r["seed"],
     )
-    gains, by_op = [], {}
+    befores, gains, by_op = [], [], {}
     for run in runs:
         before, after = run["eval_before"], run["eval_after"]
+        befores.append(before["accuracy"])
         gains.append(after["accuracy"] - before["accuracy"])
         for op in "+-*/":
             idx = [i for i, o in enumerate(before["operations"]) if o == op]
             change = sum(after["correct"][i] for i in idx) - sum(before["correct"][i] for i in idx)
             by_op.setdefault(f"operation {op}", []).append(change / len(idx))
     minutes = [r["train_seconds"] / 60 for r in runs if not r.get("resumed_from")]
-    return gains, by_op, minutes
+    return befores, gains, by_op, minutes
 
 
 def demo_bar() -> str:
@@ -371,6 +374,7 @@ def demo_bar() -> str:
         threads = sorted({r["threads"] for r in runs})
         rows.append((
             "the demo recipe (r5) through `make demo`",
+            [r["before"] for r in runs],
             [r["gain"] for r in runs],
             {op: [r["gain_by_row"][op] for r in runs] for op in ops},
             [r["wall_time_s"] / 60 for r in runs if r["threads"] == max(threads)],
@@ -380,9 +384,9 @@ def demo_bar() -> str:
         ("demo", "the same recipe, separate runs through `benchmarks/learning.py` (`demo` regime)"),
         ("reuse", "`reuse` regime: lr 1e-5, 32 steps, 8 updates per rollout (~2× the backward passes)"),
     ):
-        gains, by_op, minutes = _sapo_gains_from_study(regime)
+        befores, gains, by_op, minutes = _sapo_gains_from_study(regime)
         if gains:
-            rows.append((label, gains, by_op, minutes, "training only, 1 thread beside another run"))
+            rows.append((label, befores, gains, by_op, minutes, "training only, 1 thread beside another run"))
     trials = _load("demo_recipe_trials.json")
     groups: dict[str, list[dict]] = {}
     for run in (trials or {"runs": []})["runs"]:
@@ -392,21 +396,22 @@ def demo_bar() -> str:
             threads = sorted({r["threads"] for r in runs})
             rows.append((
                 f"{label} (`scripts/demo.py --recipe`)",
+                [r["accuracy"]["all held-out problems"][0] for r in runs],
                 [r["gain"]["all held-out problems"] for r in runs],
                 {op: [r["gain"][op] for r in runs] for op in runs[0]["gain"] if op.startswith("operation ")},
                 [r["wall_time_s"]["total"] / 60 for r in runs],
                 f"whole demo, {'/'.join(map(str, threads))} thread(s), beside another run",
             ))  # fmt: skip
     lines = [
-        "| SAPO configuration | seeds | gain per seed | min / mean ± 95 % CI / max | seeds ≥ +0.05 | worst operation, "
-        "mean gain | minutes per run |",
-        "|---|---|---|---|---|---|---|",
+        "| SAPO configuration | seeds | held-out before (the recipe's prompt) | gain per seed | min / mean ± 95 % CI "
+        "/ max | seeds ≥ +0.05 | worst operation, mean gain | minutes per run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for label, gains, by_op, minutes, timing in rows:
+    for label, befores, gains, by_op, minutes, timing in rows:
         mean = mean_ci(gains)
         worst_op, worst = min(((op, mean_ci(v)) for op, v in by_op.items()), key=lambda kv: kv[1]["mean"])
         lines.append(
-            f"| {label} | {len(gains)} | {', '.join(f'{g:+.3f}' for g in gains)} | {min(gains):+.3f} / "
+            f"| {label} | {len(gains)} | {statistics.fmean(befores):.3f} | {', '.join(f'{g:+.3f}' for g in gains)} | {min(gains):+.3f} / "
             f"{_ms(mean, signed=True)} / {max(gains):+.3f} | {sum(g >= 0.05 for g in gains)}/{len(gains)} | "
             f"{worst_op} {_ms(worst, signed=True)} | "
             f"{min(minutes):.1f}-{max(minutes):.1f} ({timing}) |"

@@ -144,12 +144,18 @@ def test_demo_bar_table_counts_seeds_and_names_the_worst_operation(docs_numbers,
     the lowest mean gain; screened trial recipes appear once they have two seeds."""
     ops = ("operation +", "operation /")
     seed_runs = [
-        {"gain": g, "gain_by_row": {"operation +": 0.2, "operation /": d}, "threads": 2, "wall_time_s": 600.0}
+        {
+            "before": 0.25,
+            "gain": g,
+            "gain_by_row": {"operation +": 0.2, "operation /": d},
+            "threads": 2,
+            "wall_time_s": 600.0,
+        }
         for g, d in ((0.10, -0.1), (0.02, 0.0), (0.06, -0.05))
     ]
     trial = lambda seed, g: {  # noqa: E731
         "recipe": "cX: a candidate", "seed": seed, "threads": 1, "wall_time_s": {"total": 900.0},
-        "gain": {"all held-out problems": g, **dict.fromkeys(ops, 0.0)},
+        "gain": {"all held-out problems": g, **dict.fromkeys(ops, 0.0)}, "accuracy": {"all held-out problems": [0.1, 0.2]},
     }  # fmt: skip
     (tmp_path / "demo_seeds.json").write_text(json.dumps({"runs": seed_runs}))
     (tmp_path / "demo_recipe_trials.json").write_text(
@@ -157,7 +163,11 @@ def test_demo_bar_table_counts_seeds_and_names_the_worst_operation(docs_numbers,
     )
     monkeypatch.setattr(docs_numbers, "RESULTS", tmp_path)  # no learning_gsm8k.json: no study rows
     table = docs_numbers.demo_bar()
-    assert "| the demo recipe (r5) through `make demo` | 3 | +0.100, +0.020, +0.060 | +0.020 / +0.060 ± " in table
+    assert (
+        "| the demo recipe (r5) through `make demo` | 3 | 0.250 | +0.100, +0.020, +0.060 | +0.020 / +0.060 ± " in table
+    )
     assert "| 2/3 | operation / -0.050 ± " in table and "| 10.0-10.0 (whole demo, 2 threads) |" in table
-    assert "| cX: a candidate (`scripts/demo.py --recipe`) | 2 | +0.100, -0.020 |" in table and "| 1/2 |" in table
+    assert (
+        "| cX: a candidate (`scripts/demo.py --recipe`) | 2 | 0.100 | +0.100, -0.020 |" in table and "| 1/2 |" in table
+    )
     assert "one seed only" not in table and "regime" not in table
