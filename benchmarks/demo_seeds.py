@@ -10,6 +10,7 @@ docs/results/demo_seeds.{json,md}; scripts/demo.py reads the JSON to say where i
 
     nice python benchmarks/demo_seeds.py --seeds 0 1 2 3 4                        # ~11 min per seed on 2 cores
     python benchmarks/demo_seeds.py --seeds 0 1 2 3 4 --report_only               # redraw docs/results/demo_seeds.md
+    nice python benchmarks/demo_seeds.py --recipe my.yaml --output_dir out/my --results_dir out/my   # a candidate
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ OVERALL = "all held-out problems"
 CRITERIA = {"min_gain_per_seed": 0.05, "min_mean_gain": 0.10, "max_minutes": 15.0}
 
 
-def run_seed(seed: int, output_dir: Path, threads: int) -> dict:
+def run_seed(seed: int, output_dir: Path, threads: int, recipe: Path = RECIPE) -> dict:
     summary_path = output_dir / f"seed{seed}" / "summary.json"
     if not summary_path.exists():
         demo_args = f"--seed {seed} --output_dir {output_dir / f'seed{seed}'}"
+        if recipe != RECIPE:
+            demo_args += f" --recipe {recipe}"
         command = ["make", "-s", "demo", f"DEMO_ARGS={demo_args}"]
         print(f"== OMP_NUM_THREADS={threads} " + " ".join(command), flush=True)
         # A fixed thread count: left to itself, the demo counts the cores the load average calls idle, and right
@@ -134,22 +137,35 @@ def main(argv=None) -> dict:
     parser.add_argument("--results_dir", type=Path, default=REPO_ROOT / "docs" / "results")
     parser.add_argument("--report_only", action="store_true", help="aggregate the seeds already run; train nothing")
     parser.add_argument(
+        "--recipe",
+        type=Path,
+        default=RECIPE,
+        help="a candidate recipe, run through the same `make demo` path (needs its own --output_dir and --results_dir)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per run (default: OMP_NUM_THREADS, else every core)"
     )
     args = parser.parse_args(argv)
+    args.recipe = args.recipe.resolve()
+    if not args.recipe.is_file():
+        parser.error(f"--recipe {args.recipe}: no such file")
+    defaults = {"output_dir": parser.get_default("output_dir"), "results_dir": parser.get_default("results_dir")}
+    if args.recipe != RECIPE and any(getattr(args, k) == v for k, v in defaults.items()):
+        parser.error("--recipe other than the demo's needs its own --output_dir and --results_dir (the defaults hold "
+                     "the demo recipe's record, which scripts/demo.py quotes)")  # fmt: skip
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
     rows = []
     for seed in args.seeds:
         if args.report_only and not (args.output_dir / f"seed{seed}" / "summary.json").exists():
             continue
-        rows.append(per_seed_row(seed, run_seed(seed, args.output_dir, threads)))
+        rows.append(per_seed_row(seed, run_seed(seed, args.output_dir, threads, args.recipe)))
     if not rows:
         raise SystemExit(f"no finished seeds under {args.output_dir} (run without --report_only first)")
     digests = {r["recipe_sha256"] for r in rows}
     if len(digests) != 1:
         raise SystemExit(f"the seeds under {args.output_dir} were run with different recipes ({sorted(digests)})")
     result = {
-        "recipe": str(RECIPE.relative_to(REPO_ROOT)),
+        "recipe": str(args.recipe.relative_to(REPO_ROOT) if args.recipe.is_relative_to(REPO_ROOT) else args.recipe),
         "recipe_sha256": digests.pop(),
         "machine": f"{os.cpu_count()} CPU cores",
         "runs": rows,

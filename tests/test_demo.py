@@ -169,3 +169,29 @@ def test_demo_evaluates_with_the_recipes_prompt_format(monkeypatch, recipe_keys,
     expected_prompt = SYSTEM_PROMPT if system_prompt == "DEFAULT" else system_prompt
     assert seen["system_prompt"] == expected_prompt and seen["num_few_shot"] == num_few_shot
     assert seen["max_new_tokens"] == 96
+
+
+def test_seed_study_runs_a_candidate_recipe_through_make_demo_apart_from_the_demos_record(tmp_path, monkeypatch):
+    """--recipe passes the candidate to `make demo`; without its own folders it is refused, so it cannot overwrite
+    the record scripts/demo.py quotes."""
+    study = _load("benchmarks/demo_seeds.py")
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text("max_completion_length: 96\n")
+    with pytest.raises(SystemExit):
+        study.main(["--seeds", "0", "--recipe", str(candidate)])
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        seed_dir = Path(command[-1].split("--output_dir ")[1].split()[0])
+        seed_dir.mkdir(parents=True)
+        summary = _summary(0, {"all held-out problems": [(False, True)] * 4, "operation +": [(False, True)] * 4})
+        (seed_dir / "summary.json").write_text(json.dumps(summary))
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    out = tmp_path / "out"
+    result = study.main(
+        ["--seeds", "0", "--recipe", str(candidate), "--output_dir", str(out), "--results_dir", str(out)]
+    )
+    assert commands[0][:3] == ["make", "-s", "demo"] and f"--recipe {candidate}" in commands[0][-1]
+    assert result["recipe"] == str(candidate) and (out / "demo_seeds.json").exists()
