@@ -400,7 +400,7 @@ def demo_bar() -> str:
                 [r["gain"]["all held-out problems"] for r in runs],
                 {op: [r["gain"][op] for r in runs] for op in runs[0]["gain"] if op.startswith("operation ")},
                 [r["wall_time_s"]["total"] / 60 for r in runs],
-                f"whole demo, {'/'.join(map(str, threads))} thread(s), beside another run",
+                f"whole demo, {'/'.join(map(str, threads))} thread(s); load: the trial table's note",
             ))  # fmt: skip
     lines = [
         "| SAPO configuration | seeds | held-out before (the recipe's prompt) | gain per seed | min / mean ± 95 % CI "
