@@ -727,9 +727,9 @@ def markdown(result: dict, args, runs: list[dict] | None = None) -> str:
             ]
             for key in PAIRED_KEYS:
                 lines.append(f"| {key} | {' | '.join(_fmt_diff(table[a]['vs_grpo'][key]) for a in paired)} |")
-        tau_sweep = sum(a != "grpo" for a in arms) >= 2  # one SAPO arm (gsm8k) leaves nothing to interpolate
-        for key, tau in block["tau_matching_grpo"].items() if tau_sweep else ():
-            lines.append(f"\nτ_pos whose `{key}` equals GRPO's (ε = 0.2): {tau_match_sentence(tau, block, key)}")
+        if sum(a != "grpo" for a in arms) >= 2:  # a τ sweep; one SAPO arm (gsm8k) leaves nothing to interpolate
+            for key, tau in block["tau_matching_grpo"].items():
+                lines.append(f"\nτ_pos whose `{key}` equals GRPO's (ε = 0.2): {tau_match_sentence(tau, block, key)}")
         if args.task == "gsm8k" and runs:
             lines += per_seed_lines(runs, regime)
     return "\n".join(lines) + "\n"
