@@ -110,6 +110,51 @@ def test_caller_tokenizer_and_model_mode_untouched(tiny_model_path, tiny):
     assert [p["completions"] for p in result["predictions"]] == [p["completions"] for p in reference["predictions"]]
 
 
+# What a chat checkpoint's generation_config.json may ship (Qwen2.5-Instruct: repetition_penalty 1.05, top_k 20, ...).
+SHIPPED_GENERATION_DEFAULTS = {
+    "do_sample": True,
+    "temperature": 0.7,
+    "top_p": 0.8,
+    "repetition_penalty": 3.0,
+    "no_repeat_ngram_size": 2,
+    "top_k": 1,
+    "min_p": 0.5,
+    "min_new_tokens": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_with_shipped_defaults(tiny_model_path, tmp_path_factory):
+    """The tiny model saved again with a generation_config.json that sets penalties and truncations."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-shipped-defaults")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    for key, value in SHIPPED_GENERATION_DEFAULTS.items():
+        setattr(model.generation_config, key, value)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+def test_checkpoint_generation_config_does_not_change_decoding(sampled, tiny, tiny_with_shipped_defaults):
+    """Greedy is plain argmax and sampling plain temperature + top_p on every checkpoint: the fields a model's
+    generation_config.json sets (penalties, top_k, min_p, min_new_tokens) are not applied (issue 30 item 8)."""
+    shipped, tokenizer = load_model_for_eval(tiny_with_shipped_defaults, device="cpu")
+    assert shipped.generation_config.repetition_penalty == 3.0  # the shipped config is really loaded
+    dataset = generate_problems(4, seed=1)
+    kwargs = dict(max_new_tokens=8, progress=False, batch_size=4)
+    if sampled:
+        kwargs.update(num_samples=3, temperature=1.0, seed=7)
+    reference = evaluate(*tiny, dataset, **kwargs)  # same weights, transformers' own blank defaults
+    result = evaluate(shipped, tokenizer, dataset, **kwargs)
+    completions = lambda r: [p["completions"] for p in r["predictions"]]  # noqa: E731
+    assert completions(result) == completions(reference)
+    assert result["mean_completion_tokens"] == reference["mean_completion_tokens"]
+    assert shipped.generation_config.repetition_penalty == 3.0  # restored after generation
+
+
 def test_scoring_and_pass_at_k(tiny, monkeypatch):
     """Scoring on controlled completions: accuracy = pass@1 over all samples, pass@k = any sample right."""
     model, tokenizer = tiny

@@ -7,6 +7,7 @@ solved by at least one sample.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -113,6 +114,26 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
+@contextlib.contextmanager
+def _neutral_model_defaults(model):
+    """Blank ``model.generation_config`` for the duration (restored after).
+
+    ``generate()`` fills every field the passed config leaves unset (None) from the model's generation config, e.g.
+    Qwen2.5-Instruct's ``repetition_penalty`` and ``top_k``, or a ``min_new_tokens``/``suppress_tokens``/
+    ``bad_words_ids`` that no explicit value can switch off. With a blank one only transformers' global defaults
+    fill the gaps, so the decoding is the one ``_generate_transformers`` asks for on every checkpoint.
+    """
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the transformers model
+    saved = target.generation_config
+    target.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
 @torch.no_grad()
 def _generate_transformers(
     model, tokenizer, prompts, *, batch_size, max_new_tokens, num_samples, temperature, top_p, progress
@@ -123,11 +144,16 @@ def _generate_transformers(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_ids = _eos_ids(model, tokenizer)
+    # Plain greedy, or plain temperature + top_p sampling (vLLM's SamplingParams, GRPOConfig's defaults): no top-k,
+    # min-p or penalties, whatever the checkpoint's generation_config.json says (see _neutral_model_defaults).
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=temperature > 0,
         temperature=temperature if temperature > 0 else None,
         top_p=top_p if temperature > 0 else None,
+        top_k=0 if temperature > 0 else None,  # 0 = off (transformers' global default is 50)
+        repetition_penalty=1.0,
+        num_beams=1,
         num_return_sequences=num_samples,
         eos_token_id=eos_ids,
         pad_token_id=tokenizer.pad_token_id,
@@ -149,7 +175,8 @@ def _generate_transformers(
             padding_side="left",
             add_special_tokens=False,
         ).to(device)
-        out = model.generate(**enc, generation_config=config)[:, enc["input_ids"].shape[1] :]
+        with _neutral_model_defaults(model):
+            out = model.generate(**enc, generation_config=config)[:, enc["input_ids"].shape[1] :]
         is_eos = torch.isin(out, eos)
         # Tokens up to and including the first EOS (all of them when generation hit max_new_tokens).
         n_tokens = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.full_like(out[:, 0], out.shape[1]))
