@@ -1,6 +1,7 @@
 """SAPOTrainer against TRL's GRPOTrainer on the same model and inputs, and a real off-policy training run."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -227,10 +228,24 @@ def test_sapo_loss_type_alias_aggregates_like_grpo(tiny_model_path, prompts, tmp
     assert_same(loss_and_grads(a, inputs), loss_and_grads(b, inputs), rtol=0, atol=0)
 
 
-def test_rejects_plain_grpo_config(tiny_model_path, prompts, tmp_path):
-    args = GRPOConfig(output_dir=str(tmp_path), **COMMON)
-    with pytest.raises(TypeError, match="SAPOConfig"):
+def test_rejects_plain_grpo_config_with_advice_that_works(tiny_model_path, prompts, tmp_path):
+    """The TypeError's advice is followed literally and yields an equivalent SAPOConfig (issue 30 item 10: the old
+    advice, SAPOConfig(**grpo_config.to_dict()), always raised)."""
+    args = GRPOConfig(
+        output_dir=str(tmp_path), **{**COMMON, "per_device_train_batch_size": 2},
+        generation_batch_size=8, beta=0.04, loss_type="dapo", temperature=0.7, hub_token="secret",
+    )  # fmt: skip
+    with pytest.raises(TypeError, match=r"trl_sapo\.trainer\.sapo_config_from_grpo\(your_grpo_config\)"):
         SAPOTrainer(model=str(tiny_model_path), reward_funcs=length_reward, args=args, train_dataset=prompts)
+    converted = trl_sapo_trainer.sapo_config_from_grpo(args, sapo_tau_neg=1.5)
+    assert isinstance(converted, SAPOConfig) and converted.sapo_tau_neg == 1.5
+    for field in dataclasses.fields(GRPOConfig):
+        if field.init:
+            assert getattr(converted, field.name) == getattr(args, field.name), field.name
+    trainer = SAPOTrainer(
+        model=str(tiny_model_path), reward_funcs=length_reward, args=converted, train_dataset=prompts
+    )
+    assert trainer.args.generation_batch_size == 8 and trainer.args.steps_per_generation == 4
 
 
 def test_off_policy_training_run(tiny_model_path, prompts, tmp_path):

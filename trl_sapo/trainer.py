@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from . import loss as sapo
@@ -14,6 +16,18 @@ KL_LOG_WEIGHT_MAX = 20.0
 """Cap on log r in the KL's importance weight (`use_bias_correction_kl`): r ≤ e^20 ≈ 4.9e8. Below it the KL term is
 GRPOTrainer's to the bit; above it (a token 4.9e8 times likelier than when sampled: a blow-up, not drift) the weight
 stays e^20 with no gradient through r, where exp(log r) · KL overflowed float32 to an inf loss (log r ≳ 88)."""
+
+
+def sapo_config_from_grpo(grpo_config: GRPOConfig, **sapo_fields) -> SAPOConfig:
+    """A `SAPOConfig` with every setting of `grpo_config`, plus `sapo_fields` (e.g. `sapo_tau_neg=1.05`).
+
+    Not `SAPOConfig(**grpo_config.to_dict())`: `to_dict()` masks tokens (`hub_token` becomes "<HUB_TOKEN>") and holds
+    both `generation_batch_size` and `steps_per_generation` (GRPOConfig derives one from the other; passing both is
+    refused), so it always raised. `generation_batch_size` is left to be derived again from `steps_per_generation`.
+    """
+    kwargs = {f.name: getattr(grpo_config, f.name) for f in dataclasses.fields(grpo_config) if f.init}
+    kwargs.pop("generation_batch_size")
+    return SAPOConfig(**{**kwargs, **sapo_fields})
 
 
 class SAPOTrainer(ReliabilityMixin, GRPOTrainer):
@@ -55,8 +69,9 @@ class SAPOTrainer(ReliabilityMixin, GRPOTrainer):
             args = SAPOConfig(f"{model_name.split('/')[-1]}-SAPO")
         elif not isinstance(args, SAPOConfig):
             raise TypeError(
-                f"SAPOTrainer needs a trl_sapo.SAPOConfig, got {type(args).__name__}. Build one with "
-                "SAPOConfig(**your_grpo_config.to_dict()) or use trl.GRPOTrainer."
+                f"SAPOTrainer needs a trl_sapo.SAPOConfig, got {type(args).__name__}. Convert one with "
+                "trl_sapo.trainer.sapo_config_from_grpo(your_grpo_config) (keyword arguments add SAPO fields, e.g. "
+                "sapo_tau_pos=1.0), or use trl.GRPOTrainer."
             )
         super().__init__(model, reward_funcs, args=args, **kwargs)
         if args.use_sapo_loss and args.loss_type == "sapo":
