@@ -236,3 +236,47 @@ def test_smollm2_on_synthetic_problems(smollm2_path, eval_script, tmp_path):
     assert sum(any(ch.isdigit() for ch in t) for t in texts) >= 3, texts
     assert sum(t.count(" ") >= 5 for t in texts) >= 3, texts
     assert 0 < summary["mean_completion_tokens"] <= 24
+
+
+def test_merge_adapter_uses_the_model_revision(tiny_model_path, tmp_path, monkeypatch):
+    """`merge_adapter` (training's merge_adapter_on_save) merges onto the base at `model_revision`, not `main`
+    (issue 30 item 10). A local hub cache holds a repo whose `main` and `v2` branches have different weights."""
+    import huggingface_hub.constants
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import ModelConfig
+
+    from trl_sapo.launch import merge_adapter
+
+    repo = tmp_path / "hub" / "models--local--tiny"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    torch.manual_seed(1)
+    for branch, commit, noise in (("main", "a" * 40, 0.0), ("v2", "b" * 40, 0.05)):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(noise * torch.randn_like(param))
+        model.save_pretrained(repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / branch).write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    base = {rev: AutoModelForCausalLM.from_pretrained("local/tiny", revision=rev) for rev in ("main", "v2")}
+    adapter_dir = tmp_path / "adapter"
+    lora = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base["v2"], lora).save_pretrained(adapter_dir)  # trained on v2 (base is now wrapped in place)
+    tokenizer.save_pretrained(adapter_dir)
+
+    model_args = ModelConfig(model_name_or_path="local/tiny", model_revision="v2", dtype="float32")
+    merged = AutoModelForCausalLM.from_pretrained(merge_adapter(str(adapter_dir), model_args))
+    inputs = tokenizer(["Mia has 12 apples and eats 3."], return_tensors="pt")
+
+    def logits(model):
+        with torch.no_grad():
+            return model.eval()(**inputs).logits
+
+    on_base = {
+        rev: logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("local/tiny", revision=rev), adapter_dir))
+        for rev in ("main", "v2")
+    }  # fmt: skip
+    torch.testing.assert_close(logits(merged), on_base["v2"], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(on_base["v2"], on_base["main"], atol=1e-3)  # the revisions really differ
