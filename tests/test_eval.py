@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,6 +201,59 @@ def test_cli_use_vllm_without_vllm(eval_script, tiny_model_path):
         eval_script.main(
             ["--model_name_or_path", str(tiny_model_path), "--dataset", "synthetic", "--use_vllm", "true"]
         )
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A stand-in ``vllm`` module (vLLM needs CUDA): records what ``LLM`` was built with and what its model folder
+    held at that moment, and answers every prompt with a fixed completion."""
+    import importlib.machinery
+    import types
+
+    built = []
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            folder = Path(model)
+            built.append({"model": folder, "kwargs": kwargs, "files": sorted(p.name for p in folder.iterdir())})
+
+        def generate(self, prompts, params):
+            output = types.SimpleNamespace(text="#### 7", token_ids=[1, 2, 3])
+            return [types.SimpleNamespace(outputs=[output] * params.n) for _ in prompts]
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    module = types.ModuleType("vllm")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    module.LLM, module.SamplingParams = LLM, SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    return built
+
+
+def test_cli_use_vllm_honours_dtype_and_removes_the_merged_copy(eval_script, fake_vllm, lora_adapter, tmp_path):
+    """--use_vllm passes --dtype to vLLM (and merges the adapter in it), refuses a --device it cannot honour, and
+    removes the merged adapter copy after the evaluation (issue 30 item 10: all three were silent before)."""
+    common = ["--dataset", "synthetic", "--limit", "2", "--max_new_tokens", "6", "--progress", "false", "--use_vllm", "true"]  # fmt: skip
+    summary = eval_script.main(["--model_name_or_path", str(lora_adapter), "--dtype", "float32", *common])
+    assert summary["num_examples"] == 2 and summary["mean_completion_tokens"] == 3
+    (llm,) = fake_vllm
+    assert llm["kwargs"]["dtype"] == "float32" and llm["kwargs"]["seed"] == 0
+    assert "model.safetensors" in llm["files"] and "adapter_config.json" not in llm["files"]  # a merged copy
+    assert not llm["model"].exists()  # removed once evaluated
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        eval_script.main(["--model_name_or_path", str(lora_adapter), "--device", "cpu", *common])
+    assert len(fake_vllm) == 1
+
+
+def test_merged_model_dir_saves_in_the_requested_dtype(tiny_model_path, lora_adapter, tmp_path):
+    from safetensors import safe_open
+
+    for dtype in ("float32", "bfloat16"):
+        folder = evaluation.merged_model_dir(str(tiny_model_path), str(lora_adapter), str(tmp_path / dtype), dtype)
+        with safe_open(Path(folder) / "model.safetensors", "pt") as f:
+            assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {f"torch.{dtype}"}  # noqa: SIM118
 
 
 def test_lora_adapter(tiny_model_path, lora_adapter, tiny, eval_script, tmp_path):

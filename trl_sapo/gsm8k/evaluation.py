@@ -32,7 +32,7 @@ from .rewards import (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":  # bf16 where it is fast (CUDA with bf16 support), float32 elsewhere (CPU bf16 is slow)
@@ -72,7 +72,7 @@ def load_model_for_eval(
         model_name_or_path, adapter_path = adapter_base_model(model_name_or_path), model_name_or_path
     if adapter_path is not None and adapter_base_model(adapter_path) is None:
         raise FileNotFoundError(f"adapter_path {adapter_path} has no adapter_config.json (not a peft adapter folder)")
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=_resolve_dtype(dtype, device))
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=resolve_dtype(dtype, device))
     tokenizer_source = model_name_or_path
     if adapter_path is not None:
         from peft import PeftModel
@@ -217,7 +217,7 @@ def evaluate(
     dataset: Dataset,
     *,
     batch_size: int = 8,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = 512,
     num_samples: int = 1,
     temperature: float = 0.0,
     top_p: float = 1.0,
@@ -290,9 +290,12 @@ def evaluate(
     return result
 
 
-def merged_model_dir(model_name_or_path: str, adapter_path: str, output_dir: str | None = None) -> str:
-    """Merge a LoRA adapter into its base model and save the result (vLLM loads plain folders); return the folder."""
-    model, tokenizer = load_model_for_eval(model_name_or_path, adapter_path, dtype="bfloat16", device="cpu")
+def merged_model_dir(
+    model_name_or_path: str, adapter_path: str, output_dir: str | None = None, dtype: str = "bfloat16"
+) -> str:
+    """Merge a LoRA adapter into its base model and save the result in ``dtype`` (vLLM loads plain folders); return
+    the folder (a new temporary one, which the caller removes, when ``output_dir`` is None)."""
+    model, tokenizer = load_model_for_eval(model_name_or_path, adapter_path, dtype=dtype, device="cpu")
     output_dir = output_dir or tempfile.mkdtemp(prefix="trl-sapo-merged-")
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
