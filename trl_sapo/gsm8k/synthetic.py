@@ -9,7 +9,8 @@ the learning study rely on:
   back from its reference answer (for any GSM8K-format answer), for per-operation reports.
 - **Disjoint splits by construction.** A problem belongs to the ``test`` split iff a hash of its question text falls
   in one bucket of :data:`HASH_BUCKETS`; every other split keeps only the other buckets. So no test question is ever a
-  training question, whatever the seeds and sizes.
+  training question, whatever the seeds and sizes; by text only: a test problem may be a training story with another
+  person, or share its numbers and operation (docs/results.md §2b has the counts for the demo).
 """
 
 from __future__ import annotations
