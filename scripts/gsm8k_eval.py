@@ -48,6 +48,9 @@ class EvalArguments:
     split: str = field(default="test", metadata={"help": "Dataset split."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate a seeded random subset of N problems."})
     seed: int = field(default=0, metadata={"help": "Seed for the subset, the synthetic generator and sampling."})
+    skip_invalid_rows: bool = field(
+        default=False, metadata={"help": "Drop rows without a question or a number after '####' (count logged)."}
+    )
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (transformers path)."})
     max_new_tokens: int = field(
         default=512,
@@ -106,7 +109,12 @@ def main(args: EvalArguments | list[str] | None = None) -> dict:
     if not isinstance(args, EvalArguments):
         (args,) = TrlParser([EvalArguments]).parse_args_and_config(args)
     dataset = load_gsm8k(
-        args.dataset, args.split, config_name=args.dataset_config, num_examples=args.limit, seed=args.seed
+        args.dataset,
+        args.split,
+        config_name=args.dataset_config,
+        num_examples=args.limit,
+        seed=args.seed,
+        skip_invalid=args.skip_invalid_rows,
     )
     with contextlib.ExitStack() as cleanup:  # removes a merged adapter copy once evaluation is done
         if args.use_vllm:

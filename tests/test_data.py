@@ -103,7 +103,8 @@ def test_bad_row_raises_naming_row(tmp_path, bad, message):
     path = _write_jsonl(tmp_path / "bad.jsonl", [GOOD, bad, GOOD])
     with pytest.raises(DataError, match=message) as info:
         load_gsm8k(path)
-    assert str(path) in str(info.value) and "skip_invalid=True" in str(info.value)
+    assert str(path) in str(info.value) and "skip_invalid=True in Python" in str(info.value)
+    assert "--skip_invalid_rows true on the command line" in str(info.value)  # issue 31 item 4: CLI users too
 
 
 def test_skip_invalid_drops_and_logs_count(tmp_path, caplog):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -86,6 +87,22 @@ def test_cli_yaml_config_and_local_file(eval_script, tiny_model_path, gsm8k_dir,
     assert summary["args"]["dataset"] == str(gsm8k_dir) and summary["args"]["temperature"] == 1.0
     rows = (tmp_path / "out" / "eval_predictions.jsonl").read_text().splitlines()
     assert len(rows) == 3 and all(len(json.loads(r)["completions"]) == 2 for r in rows)
+
+
+def test_cli_invalid_rows_advice_works(eval_script, tiny_model_path, tmp_path):
+    """The DataError's advice for command-line users, --skip_invalid_rows true, is accepted by this CLI and drops
+    the bad row (issue 31 item 4: it said only skip_invalid=True, a Python argument)."""
+    from trl_sapo.gsm8k.data import DataError
+
+    rows = [{"question": "Mia has 2 cats and gets 3 more. How many?", "answer": "2 + 3 = 5\n#### 5"}] * 2
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [rows[0], {"question": "Q?", "answer": "no number"}, rows[1]]))
+    argv = ["--model_name_or_path", str(tiny_model_path), "--dataset", str(path), "--max_new_tokens", "2",
+            "--progress", "false", "--device", "cpu"]  # fmt: skip
+    with pytest.raises(DataError, match="row 1") as info:
+        eval_script.main(argv)
+    flag = re.search(r"(--skip_invalid_rows true) on the command line", str(info.value)).group(1)
+    assert eval_script.main([*argv, *flag.split()])["num_examples"] == 2
 
 
 def test_batched_greedy_matches_unbatched(tiny):
