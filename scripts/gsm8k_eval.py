@@ -40,6 +40,9 @@ logger = logging.getLogger("gsm8k_eval")
 class EvalArguments:
     model_name_or_path: str = field(metadata={"help": "Base model, full checkpoint folder, or LoRA adapter folder."})
     adapter_path: str | None = field(default=None, metadata={"help": "peft LoRA adapter folder on top of the model."})
+    model_revision: str | None = field(
+        default=None, metadata={"help": "Hub revision of the (base) model: the one the adapter was trained on."}
+    )
     dataset: str = field(
         default="openai/gsm8k",
         metadata={"help": "Hub name, local .json/.jsonl file or folder with {split}.jsonl, or 'synthetic[:opts]'."},
@@ -98,10 +101,11 @@ def load_vllm(args: EvalArguments, cleanup: contextlib.ExitStack):
         model_path, adapter = adapter_base_model(model_path), model_path
     if adapter is not None:  # vLLM loads plain checkpoints: merge the LoRA adapter first
         merged = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="trl-sapo-merged-"))
-        model_path = merged_model_dir(model_path, adapter, merged, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model_path = merged_model_dir(model_path, adapter, merged, dtype=dtype, revision=args.model_revision)
+    revision = None if adapter is not None else args.model_revision  # a merged folder has no revisions
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
     prepare_tokenizer(tokenizer)
-    return LLM(model=str(model_path), seed=args.seed, dtype=dtype), tokenizer
+    return LLM(model=str(model_path), seed=args.seed, dtype=dtype, revision=revision), tokenizer
 
 
 def main(args: EvalArguments | list[str] | None = None) -> dict:
@@ -120,7 +124,9 @@ def main(args: EvalArguments | list[str] | None = None) -> dict:
         if args.use_vllm:
             model, tokenizer = load_vllm(args, cleanup)
         else:
-            model, tokenizer = load_model_for_eval(args.model_name_or_path, args.adapter_path, args.dtype, args.device)
+            model, tokenizer = load_model_for_eval(
+                args.model_name_or_path, args.adapter_path, args.dtype, args.device, revision=args.model_revision
+            )
         result = evaluate(
             model,
             tokenizer,

@@ -309,15 +309,13 @@ def test_smollm2_on_synthetic_problems(smollm2_path, eval_script, tmp_path):
     assert 0 < summary["mean_completion_tokens"] <= 24
 
 
-def test_merge_adapter_uses_the_model_revision(tiny_model_path, tmp_path, monkeypatch):
-    """`merge_adapter` (training's merge_adapter_on_save) merges onto the base at `model_revision`, not `main`
-    (issue 30 item 10). A local hub cache holds a repo whose `main` and `v2` branches have different weights."""
+@pytest.fixture
+def hub_repo_with_revisions(tiny_model_path, tmp_path, monkeypatch):
+    """Hub id "local/tiny" in a local hub cache: branches `main` and `v2` hold different weights (same tokenizer),
+    and an adapter trained on `v2` (its adapter_config.json names the base but no revision, as TRL saves it)."""
     import huggingface_hub.constants
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import ModelConfig
-
-    from trl_sapo.launch import merge_adapter
 
     repo = tmp_path / "hub" / "models--local--tiny"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
@@ -328,26 +326,66 @@ def test_merge_adapter_uses_the_model_revision(tiny_model_path, tmp_path, monkey
             for param in model.parameters():
                 param.add_(noise * torch.randn_like(param))
         model.save_pretrained(repo / "snapshots" / commit)
+        tokenizer.save_pretrained(repo / "snapshots" / commit)
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / branch).write_text(commit)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    base = {rev: AutoModelForCausalLM.from_pretrained("local/tiny", revision=rev) for rev in ("main", "v2")}
     adapter_dir = tmp_path / "adapter"
     lora = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(base["v2"], lora).save_pretrained(adapter_dir)  # trained on v2 (base is now wrapped in place)
+    get_peft_model(AutoModelForCausalLM.from_pretrained("local/tiny", revision="v2"), lora).save_pretrained(
+        adapter_dir
+    )
     tokenizer.save_pretrained(adapter_dir)
+    return adapter_dir
 
+
+def _logits(model, tokenizer):
+    inputs = tokenizer(["Mia has 12 apples and eats 3."], return_tensors="pt")
+    with torch.no_grad():
+        return model.eval()(**inputs).logits
+
+
+def _adapter_on(revision, adapter_dir):
+    from transformers import AutoModelForCausalLM
+
+    return PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained("local/tiny", revision=revision), adapter_dir
+    )
+
+
+def test_merge_adapter_uses_the_model_revision(hub_repo_with_revisions):
+    """`merge_adapter` (training's merge_adapter_on_save) merges onto the base at `model_revision`, not `main`
+    (issue 30 item 10)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import ModelConfig
+
+    from trl_sapo.launch import merge_adapter
+
+    adapter_dir = hub_repo_with_revisions
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     model_args = ModelConfig(model_name_or_path="local/tiny", model_revision="v2", dtype="float32")
     merged = AutoModelForCausalLM.from_pretrained(merge_adapter(str(adapter_dir), model_args))
-    inputs = tokenizer(["Mia has 12 apples and eats 3."], return_tensors="pt")
-
-    def logits(model):
-        with torch.no_grad():
-            return model.eval()(**inputs).logits
-
-    on_base = {
-        rev: logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("local/tiny", revision=rev), adapter_dir))
-        for rev in ("main", "v2")
-    }  # fmt: skip
-    torch.testing.assert_close(logits(merged), on_base["v2"], rtol=1e-4, atol=1e-5)
+    on_base = {rev: _logits(_adapter_on(rev, adapter_dir), tokenizer) for rev in ("main", "v2")}
+    torch.testing.assert_close(_logits(merged, tokenizer), on_base["v2"], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(on_base["v2"], on_base["main"], atol=1e-3)  # the revisions really differ
+
+
+def test_eval_loads_the_base_at_model_revision(hub_repo_with_revisions, eval_script, tmp_path):
+    """The evaluation side of the same defect: --model_revision picks the base an adapter is merged onto."""
+    from transformers import AutoTokenizer
+
+    adapter_dir = hub_repo_with_revisions
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    model, _ = load_model_for_eval(adapter_dir, dtype="float32", device="cpu", revision="v2")
+    torch.testing.assert_close(_logits(model, tokenizer), _logits(_adapter_on("v2", adapter_dir), tokenizer))
+    argv = ["--model_name_or_path", str(adapter_dir), "--dataset", "synthetic", "--limit", "3", "--max_new_tokens",
+            "6", "--progress", "false", "--device", "cpu", "--dtype", "float32"]  # fmt: skip
+    completions = {}
+    for revision in ("main", "v2"):
+        eval_script.main([*argv, "--model_revision", revision, "--output_dir", str(tmp_path / revision)])
+        rows = (tmp_path / revision / "eval_predictions.jsonl").read_text().splitlines()
+        completions[revision] = [json.loads(row)["completions"] for row in rows]
+    expected = evaluate(
+        model, tokenizer, load_gsm8k("synthetic", "test", num_examples=3), max_new_tokens=6, progress=False
+    )
+    assert completions["v2"] == [p["completions"] for p in expected["predictions"]] != completions["main"]

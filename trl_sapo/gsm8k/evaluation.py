@@ -57,13 +57,15 @@ def load_model_for_eval(
     dtype: str | torch.dtype = "auto",
     device: str | None = None,
     merge_adapter: bool = True,
+    revision: str | None = None,
 ):
     """Load ``(model, tokenizer)`` for generation: a base model, a full checkpoint folder, or base + LoRA adapter.
 
     ``model_name_or_path`` may itself be an adapter folder (e.g. a LoRA run's ``output_dir``); its base model is
     read from ``adapter_config.json``. The adapter is merged into the weights for faster generation unless
     ``merge_adapter=False``. The tokenizer comes from the adapter folder when it has one (training scripts save
-    it there), else from the base model. ``device`` defaults to CUDA when available.
+    it there), else from the base model. ``device`` defaults to CUDA when available. ``revision``: the base model's
+    Hub revision (branch, tag or commit); an adapter's ``adapter_config.json`` does not record it.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,8 +74,10 @@ def load_model_for_eval(
         model_name_or_path, adapter_path = adapter_base_model(model_name_or_path), model_name_or_path
     if adapter_path is not None and adapter_base_model(adapter_path) is None:
         raise FileNotFoundError(f"adapter_path {adapter_path} has no adapter_config.json (not a peft adapter folder)")
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=resolve_dtype(dtype, device))
-    tokenizer_source = model_name_or_path
+    model = AutoModelForCausalLM.from_pretrained(
+        model_name_or_path, dtype=resolve_dtype(dtype, device), revision=revision
+    )
+    tokenizer_source, tokenizer_revision = model_name_or_path, revision
     if adapter_path is not None:
         from peft import PeftModel
 
@@ -81,8 +85,8 @@ def load_model_for_eval(
         if merge_adapter:
             model = model.merge_and_unload()
         if (Path(adapter_path) / "tokenizer_config.json").is_file():
-            tokenizer_source = adapter_path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+            tokenizer_source, tokenizer_revision = adapter_path, None
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=tokenizer_revision)
     prepare_tokenizer(tokenizer)
     return model.to(device).eval(), tokenizer
 
@@ -291,11 +295,17 @@ def evaluate(
 
 
 def merged_model_dir(
-    model_name_or_path: str, adapter_path: str, output_dir: str | None = None, dtype: str = "bfloat16"
+    model_name_or_path: str,
+    adapter_path: str,
+    output_dir: str | None = None,
+    dtype: str = "bfloat16",
+    revision: str | None = None,
 ) -> str:
-    """Merge a LoRA adapter into its base model and save the result in ``dtype`` (vLLM loads plain folders); return
-    the folder (a new temporary one, which the caller removes, when ``output_dir`` is None)."""
-    model, tokenizer = load_model_for_eval(model_name_or_path, adapter_path, dtype=dtype, device="cpu")
+    """Merge a LoRA adapter into its base model (at ``revision``) and save the result in ``dtype`` (vLLM loads plain
+    folders); return the folder (a new temporary one, which the caller removes, when ``output_dir`` is None)."""
+    model, tokenizer = load_model_for_eval(
+        model_name_or_path, adapter_path, dtype=dtype, device="cpu", revision=revision
+    )
     output_dir = output_dir or tempfile.mkdtemp(prefix="trl-sapo-merged-")
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
