@@ -342,6 +342,29 @@ def test_demo_heldout_overlap_with_training_is_what_the_docs_say():
         assert numbers in results, numbers
 
 
+def test_split_by_calculation_shares_no_numbers_and_operation():
+    """The opt-in for new held-out sets: with split_by=calculation on both sides, the demo-sized sets share no
+    `<<a op b=c>>` calculation (the default, by question, shares 24-30 of 64: the test above), operations stay
+    balanced, and a bad value is refused."""
+    from trl_sapo.gsm8k.synthetic import operations
+
+    calculation = lambda answer: tuple(re.findall(r"<<([^>]*)>>", answer))  # noqa: E731
+    heldout = [
+        load_gsm8k(f"synthetic:num_steps=1,max_value=20,split_by=calculation{extra}", "test", num_examples=64)
+        for extra in ("", ",phrasing=alternate")
+    ]
+    for ds in heldout:
+        assert len(set(ds["question"])) == 64
+        assert sorted(map(operations, ds["answer"])) == sorted("+-*/" * 16)
+    for seed in range(5):
+        train = load_gsm8k(
+            "synthetic:num_steps=1,max_value=20,split_by=calculation", "train", num_examples=256, seed=seed
+        )
+        assert not set(map(calculation, train["answer"])) & {calculation(a) for ds in heldout for a in ds["answer"]}
+    with pytest.raises(DataError, match="split_by must be 'question' or 'calculation'"):
+        load_gsm8k("synthetic:split_by=name", "test", num_examples=4)
+
+
 @pytest.mark.parametrize("phrasing", ["standard", "alternate"])
 def test_one_step_operations_are_balanced(phrasing):
     from trl_sapo.gsm8k.synthetic import operations
