@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,6 +89,22 @@ def test_cli_yaml_config_and_local_file(eval_script, tiny_model_path, gsm8k_dir,
     assert len(rows) == 3 and all(len(json.loads(r)["completions"]) == 2 for r in rows)
 
 
+def test_cli_invalid_rows_advice_works(eval_script, tiny_model_path, tmp_path):
+    """The DataError's advice for command-line users, --skip_invalid_rows true, is accepted by this CLI and drops
+    the bad row (issue 31 item 4: it said only skip_invalid=True, a Python argument)."""
+    from trl_sapo.gsm8k.data import DataError
+
+    rows = [{"question": "Mia has 2 cats and gets 3 more. How many?", "answer": "2 + 3 = 5\n#### 5"}] * 2
+    path = tmp_path / "test.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [rows[0], {"question": "Q?", "answer": "no number"}, rows[1]]))
+    argv = ["--model_name_or_path", str(tiny_model_path), "--dataset", str(path), "--max_new_tokens", "2",
+            "--progress", "false", "--device", "cpu"]  # fmt: skip
+    with pytest.raises(DataError, match="row 1") as info:
+        eval_script.main(argv)
+    flag = re.search(r"(--skip_invalid_rows true) on the command line", str(info.value)).group(1)
+    assert eval_script.main([*argv, *flag.split()])["num_examples"] == 2
+
+
 def test_batched_greedy_matches_unbatched(tiny):
     # Left padding must not change greedy outputs: batch of 4 prompts of different lengths vs one at a time.
     model, tokenizer = tiny
@@ -108,6 +126,51 @@ def test_caller_tokenizer_and_model_mode_untouched(tiny_model_path, tiny):
     assert model.training and tokenizer.padding_side == "right"
     reference = evaluate(*tiny, dataset, batch_size=1, max_new_tokens=8, progress=False)
     assert [p["completions"] for p in result["predictions"]] == [p["completions"] for p in reference["predictions"]]
+
+
+# What a chat checkpoint's generation_config.json may ship (Qwen2.5-Instruct: repetition_penalty 1.05, top_k 20, ...).
+SHIPPED_GENERATION_DEFAULTS = {
+    "do_sample": True,
+    "temperature": 0.7,
+    "top_p": 0.8,
+    "repetition_penalty": 3.0,
+    "no_repeat_ngram_size": 2,
+    "top_k": 1,
+    "min_p": 0.5,
+    "min_new_tokens": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_with_shipped_defaults(tiny_model_path, tmp_path_factory):
+    """The tiny model saved again with a generation_config.json that sets penalties and truncations."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-shipped-defaults")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    for key, value in SHIPPED_GENERATION_DEFAULTS.items():
+        setattr(model.generation_config, key, value)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+def test_checkpoint_generation_config_does_not_change_decoding(sampled, tiny, tiny_with_shipped_defaults):
+    """Greedy is plain argmax and sampling plain temperature + top_p on every checkpoint: the fields a model's
+    generation_config.json sets (penalties, top_k, min_p, min_new_tokens) are not applied (issue 30 item 8)."""
+    shipped, tokenizer = load_model_for_eval(tiny_with_shipped_defaults, device="cpu")
+    assert shipped.generation_config.repetition_penalty == 3.0  # the shipped config is really loaded
+    dataset = generate_problems(4, seed=1)
+    kwargs = dict(max_new_tokens=8, progress=False, batch_size=4)
+    if sampled:
+        kwargs.update(num_samples=3, temperature=1.0, seed=7)
+    reference = evaluate(*tiny, dataset, **kwargs)  # same weights, transformers' own blank defaults
+    result = evaluate(shipped, tokenizer, dataset, **kwargs)
+    completions = lambda r: [p["completions"] for p in r["predictions"]]  # noqa: E731
+    assert completions(result) == completions(reference)
+    assert result["mean_completion_tokens"] == reference["mean_completion_tokens"]
+    assert shipped.generation_config.repetition_penalty == 3.0  # restored after generation
 
 
 def test_scoring_and_pass_at_k(tiny, monkeypatch):
@@ -157,6 +220,59 @@ def test_cli_use_vllm_without_vllm(eval_script, tiny_model_path):
         )
 
 
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A stand-in ``vllm`` module (vLLM needs CUDA): records what ``LLM`` was built with and what its model folder
+    held at that moment, and answers every prompt with a fixed completion."""
+    import importlib.machinery
+    import types
+
+    built = []
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            folder = Path(model)
+            built.append({"model": folder, "kwargs": kwargs, "files": sorted(p.name for p in folder.iterdir())})
+
+        def generate(self, prompts, params):
+            output = types.SimpleNamespace(text="#### 7", token_ids=[1, 2, 3])
+            return [types.SimpleNamespace(outputs=[output] * params.n) for _ in prompts]
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    module = types.ModuleType("vllm")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    module.LLM, module.SamplingParams = LLM, SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    return built
+
+
+def test_cli_use_vllm_honours_dtype_and_removes_the_merged_copy(eval_script, fake_vllm, lora_adapter, tmp_path):
+    """--use_vllm passes --dtype to vLLM (and merges the adapter in it), refuses a --device it cannot honour, and
+    removes the merged adapter copy after the evaluation (issue 30 item 10: all three were silent before)."""
+    common = ["--dataset", "synthetic", "--limit", "2", "--max_new_tokens", "6", "--progress", "false", "--use_vllm", "true"]  # fmt: skip
+    summary = eval_script.main(["--model_name_or_path", str(lora_adapter), "--dtype", "float32", *common])
+    assert summary["num_examples"] == 2 and summary["mean_completion_tokens"] == 3
+    (llm,) = fake_vllm
+    assert llm["kwargs"]["dtype"] == "float32" and llm["kwargs"]["seed"] == 0
+    assert "model.safetensors" in llm["files"] and "adapter_config.json" not in llm["files"]  # a merged copy
+    assert not llm["model"].exists()  # removed once evaluated
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        eval_script.main(["--model_name_or_path", str(lora_adapter), "--device", "cpu", *common])
+    assert len(fake_vllm) == 1
+
+
+def test_merged_model_dir_saves_in_the_requested_dtype(tiny_model_path, lora_adapter, tmp_path):
+    from safetensors import safe_open
+
+    for dtype in ("float32", "bfloat16"):
+        folder = evaluation.merged_model_dir(str(tiny_model_path), str(lora_adapter), str(tmp_path / dtype), dtype)
+        with safe_open(Path(folder) / "model.safetensors", "pt") as f:
+            assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {f"torch.{dtype}"}  # noqa: SIM118
+
+
 def test_lora_adapter(tiny_model_path, lora_adapter, tiny, eval_script, tmp_path):
     dataset = generate_problems(3, seed=2)
     kwargs = dict(max_new_tokens=6, progress=False)
@@ -191,3 +307,85 @@ def test_smollm2_on_synthetic_problems(smollm2_path, eval_script, tmp_path):
     assert sum(any(ch.isdigit() for ch in t) for t in texts) >= 3, texts
     assert sum(t.count(" ") >= 5 for t in texts) >= 3, texts
     assert 0 < summary["mean_completion_tokens"] <= 24
+
+
+@pytest.fixture
+def hub_repo_with_revisions(tiny_model_path, tmp_path, monkeypatch):
+    """Hub id "local/tiny" in a local hub cache: branches `main` and `v2` hold different weights (same tokenizer),
+    and an adapter trained on `v2` (its adapter_config.json names the base but no revision, as TRL saves it)."""
+    import huggingface_hub.constants
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    repo = tmp_path / "hub" / "models--local--tiny"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    torch.manual_seed(1)
+    for branch, commit, noise in (("main", "a" * 40, 0.0), ("v2", "b" * 40, 0.05)):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(noise * torch.randn_like(param))
+        model.save_pretrained(repo / "snapshots" / commit)
+        tokenizer.save_pretrained(repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / branch).write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    adapter_dir = tmp_path / "adapter"
+    lora = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained("local/tiny", revision="v2"), lora).save_pretrained(
+        adapter_dir
+    )
+    tokenizer.save_pretrained(adapter_dir)
+    return adapter_dir
+
+
+def _logits(model, tokenizer):
+    inputs = tokenizer(["Mia has 12 apples and eats 3."], return_tensors="pt")
+    with torch.no_grad():
+        return model.eval()(**inputs).logits
+
+
+def _adapter_on(revision, adapter_dir):
+    from transformers import AutoModelForCausalLM
+
+    return PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained("local/tiny", revision=revision), adapter_dir
+    )
+
+
+def test_merge_adapter_uses_the_model_revision(hub_repo_with_revisions):
+    """`merge_adapter` (training's merge_adapter_on_save) merges onto the base at `model_revision`, not `main`
+    (issue 30 item 10)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import ModelConfig
+
+    from trl_sapo.launch import merge_adapter
+
+    adapter_dir = hub_repo_with_revisions
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    model_args = ModelConfig(model_name_or_path="local/tiny", model_revision="v2", dtype="float32")
+    merged = AutoModelForCausalLM.from_pretrained(merge_adapter(str(adapter_dir), model_args))
+    on_base = {rev: _logits(_adapter_on(rev, adapter_dir), tokenizer) for rev in ("main", "v2")}
+    torch.testing.assert_close(_logits(merged, tokenizer), on_base["v2"], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(on_base["v2"], on_base["main"], atol=1e-3)  # the revisions really differ
+
+
+def test_eval_loads_the_base_at_model_revision(hub_repo_with_revisions, eval_script, tmp_path):
+    """The evaluation side of the same defect: --model_revision picks the base an adapter is merged onto."""
+    from transformers import AutoTokenizer
+
+    adapter_dir = hub_repo_with_revisions
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    model, _ = load_model_for_eval(adapter_dir, dtype="float32", device="cpu", revision="v2")
+    torch.testing.assert_close(_logits(model, tokenizer), _logits(_adapter_on("v2", adapter_dir), tokenizer))
+    argv = ["--model_name_or_path", str(adapter_dir), "--dataset", "synthetic", "--limit", "3", "--max_new_tokens",
+            "6", "--progress", "false", "--device", "cpu", "--dtype", "float32"]  # fmt: skip
+    completions = {}
+    for revision in ("main", "v2"):
+        eval_script.main([*argv, "--model_revision", revision, "--output_dir", str(tmp_path / revision)])
+        rows = (tmp_path / revision / "eval_predictions.jsonl").read_text().splitlines()
+        completions[revision] = [json.loads(row)["completions"] for row in rows]
+    expected = evaluate(
+        model, tokenizer, load_gsm8k("synthetic", "test", num_examples=3), max_new_tokens=6, progress=False
+    )
+    assert completions["v2"] == [p["completions"] for p in expected["predictions"]] != completions["main"]

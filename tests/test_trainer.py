@@ -1,6 +1,7 @@
 """SAPOTrainer against TRL's GRPOTrainer on the same model and inputs, and a real off-policy training run."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from helpers import CPU_TRAINING_KWARGS, length_reward
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer, TrlParser
 
+import trl_sapo.trainer as trl_sapo_trainer
 from trl_sapo import SAPOConfig, SAPOTrainer
 
 COMMON = {**CPU_TRAINING_KWARGS, "max_completion_length": 6}
@@ -165,6 +167,45 @@ def test_extreme_ratios_give_finite_gradients_where_trl_sapo_gives_nan(tiny_mode
     assert any(not torch.isfinite(g).all() for g in trl_grads.values())  # the bug we fix
 
 
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_extreme_ratio_with_kl_penalty_is_finite_and_exact(level, tiny_model_path, prompts, tmp_path):
+    """beta > 0 with use_bias_correction_kl (TRL's default) at log r = +120: GRPOTrainer's exp(log r) · KL was an
+    inf loss (issue 30 item 9). Loss and gradients must equal the documented objective computed in float64, where
+    exp(120) is finite: −f(r)·A + beta · min(r, e^KL_LOG_WEIGHT_MAX) · KL, aggregated as loss_type 'grpo'."""
+    ours = make_trainer(
+        SAPOTrainer, SAPOConfig, tiny_model_path, prompts, tmp_path, beta=0.04, importance_sampling_level=level
+    )
+    assert ours.args.use_bias_correction_kl
+    inputs, g = fixed_inputs(seed=7)
+    inputs = with_old_logps(ours, inputs, g, scale=0.3)
+    inputs["old_per_token_logps"][0] -= 120.0  # log r ≈ +120 on every token of sequence 0 (and its mean)
+    inputs["old_per_token_logps"][2] += 120.0  # log r ≈ −120: r underflows to 0
+    loss, grads = loss_and_grads(ours, inputs)
+    assert torch.isfinite(loss) and all(torch.isfinite(grad).all() for grad in grads.values())
+
+    ours.model.zero_grad()
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+    logps, _, _ = ours._get_per_token_logps_and_entropies(ours.model, ids, attn, inputs["completion_ids"].size(1))
+    logps, mask = logps.double(), inputs["completion_mask"].double()
+    log_r = logps - inputs["old_per_token_logps"].double()
+    if level == "sequence":
+        log_r = ((log_r * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)).expand_as(logps)
+    advantages = inputs["advantages"].double().unsqueeze(1)
+    tau = torch.where(advantages > 0, 1.0, 1.05)
+    gate = 4 / tau * torch.sigmoid(tau * (torch.exp(log_r) - 1))  # float64: exp(120) ≈ 1.3e52 is finite
+    delta = inputs["ref_per_token_logps"].double() - logps
+    kl = (torch.exp(delta) - delta - 1) * torch.exp(log_r.clamp(max=trl_sapo_trainer.KL_LOG_WEIGHT_MAX))
+    per_token = -gate * advantages + 0.04 * kl
+    expected = ((per_token * mask).sum(-1) / mask.sum(-1)).mean()
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=1e-4, atol=0)  # float32 KL cancellation
+    for name, param in ours.model.named_parameters():  # float32 rounding, relative to the tensor's largest entry
+        scale = param.grad.abs().max().item()
+        message = lambda m, name=name: f"{name}: {m}"  # noqa: E731
+        torch.testing.assert_close(grads[name], param.grad, rtol=1e-4, atol=1e-5 * scale, msg=message)
+
+
 def test_sapo_metrics_and_no_clip_metrics(tiny_model_path, prompts, tmp_path):
     ours = make_trainer(SAPOTrainer, SAPOConfig, tiny_model_path, prompts, tmp_path)
     inputs, g = fixed_inputs(seed=5)
@@ -187,10 +228,24 @@ def test_sapo_loss_type_alias_aggregates_like_grpo(tiny_model_path, prompts, tmp
     assert_same(loss_and_grads(a, inputs), loss_and_grads(b, inputs), rtol=0, atol=0)
 
 
-def test_rejects_plain_grpo_config(tiny_model_path, prompts, tmp_path):
-    args = GRPOConfig(output_dir=str(tmp_path), **COMMON)
-    with pytest.raises(TypeError, match="SAPOConfig"):
+def test_rejects_plain_grpo_config_with_advice_that_works(tiny_model_path, prompts, tmp_path):
+    """The TypeError's advice is followed literally and yields an equivalent SAPOConfig (issue 30 item 10: the old
+    advice, SAPOConfig(**grpo_config.to_dict()), always raised)."""
+    args = GRPOConfig(
+        output_dir=str(tmp_path), **{**COMMON, "per_device_train_batch_size": 2},
+        generation_batch_size=8, beta=0.04, loss_type="dapo", temperature=0.7, hub_token="secret",
+    )  # fmt: skip
+    with pytest.raises(TypeError, match=r"trl_sapo\.trainer\.sapo_config_from_grpo\(your_grpo_config\)"):
         SAPOTrainer(model=str(tiny_model_path), reward_funcs=length_reward, args=args, train_dataset=prompts)
+    converted = trl_sapo_trainer.sapo_config_from_grpo(args, sapo_tau_neg=1.5)
+    assert isinstance(converted, SAPOConfig) and converted.sapo_tau_neg == 1.5
+    for field in dataclasses.fields(GRPOConfig):
+        if field.init:
+            assert getattr(converted, field.name) == getattr(args, field.name), field.name
+    trainer = SAPOTrainer(
+        model=str(tiny_model_path), reward_funcs=length_reward, args=converted, train_dataset=prompts
+    )
+    assert trainer.args.generation_batch_size == 8 and trainer.args.steps_per_generation == 4
 
 
 def test_off_policy_training_run(tiny_model_path, prompts, tmp_path):

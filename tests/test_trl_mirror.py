@@ -25,7 +25,7 @@ from trl_sapo import SAPOTrainer
 
 BEGIN, END = "# --- SAPO: begin", "# --- SAPO: end"
 # sha256 (first 12 hex digits) of the TRL lines each SAPO block replaces, in order ("" hashes an insertion).
-REPLACED_TRL_REGIONS = ["e3b0c44298fc", "8fd2da5176bf", "d81778306cfd", "4c59ba09d655"]
+REPLACED_TRL_REGIONS = ["e3b0c44298fc", "8fd2da5176bf", "0039fde08764", "d81778306cfd", "4c59ba09d655"]
 
 
 def _split(lines: list[str]) -> tuple[list[list[str]], list[list[str]]]:

@@ -85,19 +85,21 @@ def merge_adapter(adapter_dir: str, model_args, trust_remote_code: bool = False)
     """Load base model + saved LoRA adapter, fold the adapter into the weights, save to `<adapter_dir>/merged`.
 
     Works from the saved files rather than the live (possibly sharded/quantized) training model, so it is the same
-    for single-GPU, DDP, ZeRO-3 and FSDP runs. `model_args`: a `trl.ModelConfig` (its `dtype`, `model_revision`).
+    for single-GPU, DDP, ZeRO-3 and FSDP runs. `model_args`: the run's `trl.ModelConfig`; the base is the model it
+    trained (`model_name_or_path` at `model_revision`, in `dtype`). peft's AutoPeftModel would load the base at the
+    revision in `adapter_config.json`, which TRL leaves empty: the `main` branch, whatever `model_revision` said.
     """
-    from peft import AutoPeftModelForCausalLM
-    from transformers import AutoTokenizer
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     merged_dir = os.path.join(adapter_dir, "merged")
-    model = AutoPeftModelForCausalLM.from_pretrained(
-        adapter_dir,
-        dtype=model_args.dtype,
+    base = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
         revision=model_args.model_revision,
+        dtype=model_args.dtype,
         trust_remote_code=trust_remote_code,
     )
-    model = model.merge_and_unload()
+    model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     model.config.use_cache = True
     model.save_pretrained(merged_dir)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(merged_dir)

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from . import loss as sapo
 from .config import SAPOConfig
 from .reliability import ReliabilityMixin
+
+KL_LOG_WEIGHT_MAX = 20.0
+"""Cap on log r in the KL's importance weight (`use_bias_correction_kl`): r ≤ e^20 ≈ 4.9e8. Below it the KL term is
+GRPOTrainer's to the bit; above it (a token 4.9e8 times likelier than when sampled: a blow-up, not drift) the weight
+stays e^20 with no gradient through r, where exp(log r) · KL overflowed float32 to an inf loss (log r ≳ 88)."""
+
+
+def sapo_config_from_grpo(grpo_config: GRPOConfig, **sapo_fields) -> SAPOConfig:
+    """A `SAPOConfig` with every setting of `grpo_config`, plus `sapo_fields` (e.g. `sapo_tau_neg=1.05`).
+
+    Not `SAPOConfig(**grpo_config.to_dict())`: `to_dict()` masks tokens (`hub_token` becomes "<HUB_TOKEN>") and holds
+    both `generation_batch_size` and `steps_per_generation` (GRPOConfig derives one from the other; passing both is
+    refused), so it always raised. `generation_batch_size` is left to be derived again from `steps_per_generation`.
+    """
+    kwargs = {f.name: getattr(grpo_config, f.name) for f in dataclasses.fields(grpo_config) if f.init}
+    kwargs.pop("generation_batch_size")
+    return SAPOConfig(**{**kwargs, **sapo_fields})
 
 
 class SAPOTrainer(ReliabilityMixin, GRPOTrainer):
@@ -20,8 +39,9 @@ class SAPOTrainer(ReliabilityMixin, GRPOTrainer):
     `-min(r A, clip(r) A)`, and `sapo/*` gate metrics (mean gate, mean gradient weight, soft-clipped share, by
     advantage sign; ratio mean and max) are logged in place of `clip_ratio/*`. Everything else in the loss
     (KL penalty, vLLM importance-sampling correction, entropy mask and bonus, off-policy sequence mask, MoE aux loss,
-    aggregation for `loss_type`) is GRPOTrainer's code, mirrored verbatim. With `args.use_sapo_loss=False` the loss
-    is GRPOTrainer's.
+    aggregation for `loss_type`) is GRPOTrainer's code, mirrored verbatim, except that the KL's importance weight
+    (`use_bias_correction_kl`) is capped at `exp(KL_LOG_WEIGHT_MAX)` so that `beta > 0` stays finite at extreme
+    ratios. With `args.use_sapo_loss=False` the loss is GRPOTrainer's.
 
     Independently of the loss, [`trl_sapo.reliability.ReliabilityMixin`] is applied (as it can be to any
     GRPOTrainer): reward-function errors, buffered rollouts in checkpoints, SIGTERM checkpointing and the non-finite
@@ -49,8 +69,9 @@ class SAPOTrainer(ReliabilityMixin, GRPOTrainer):
             args = SAPOConfig(f"{model_name.split('/')[-1]}-SAPO")
         elif not isinstance(args, SAPOConfig):
             raise TypeError(
-                f"SAPOTrainer needs a trl_sapo.SAPOConfig, got {type(args).__name__}. Build one with "
-                "SAPOConfig(**your_grpo_config.to_dict()) or use trl.GRPOTrainer."
+                f"SAPOTrainer needs a trl_sapo.SAPOConfig, got {type(args).__name__}. Convert one with "
+                "trl_sapo.trainer.sapo_config_from_grpo(your_grpo_config) (keyword arguments add SAPO fields, e.g. "
+                "sapo_tau_pos=1.0), or use trl.GRPOTrainer."
             )
         super().__init__(model, reward_funcs, args=args, **kwargs)
         if args.use_sapo_loss and args.loss_type == "sapo":
@@ -138,7 +159,9 @@ class SAPOTrainer(ReliabilityMixin, GRPOTrainer):
         log_importance_weights = terms.log_importance_weights
         # --- SAPO: end
 
-        coef_1 = torch.exp(log_importance_weights)
+        # --- SAPO: begin (coef_1 only weights the KL here: capped, so beta > 0 stays finite at any log r)
+        coef_1 = torch.exp(log_importance_weights.clamp(max=KL_LOG_WEIGHT_MAX))
+        # --- SAPO: end
 
         # Compute the KL divergence between the model and the reference model
         if self.beta != 0.0:

@@ -68,7 +68,10 @@ def validate(dataset: Dataset, *, skip_invalid: bool = False, source: str = "dat
         else:
             continue
         if not skip_invalid:
-            raise DataError(f"{source}, {problem} (pass skip_invalid=True to drop such rows)")
+            raise DataError(
+                f"{source}, {problem} (to drop such rows: --skip_invalid_rows true on the command line or "
+                "skip_invalid_rows: true in a recipe; skip_invalid=True in Python)"
+            )
         bad.append(i)
     if bad:
         logger.warning("%s: dropped %d invalid row(s) of %d (first: row %d)", source, len(bad), len(dataset), bad[0])

@@ -7,6 +7,7 @@ solved by at least one sample.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -31,7 +32,7 @@ from .rewards import (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":  # bf16 where it is fast (CUDA with bf16 support), float32 elsewhere (CPU bf16 is slow)
@@ -56,13 +57,15 @@ def load_model_for_eval(
     dtype: str | torch.dtype = "auto",
     device: str | None = None,
     merge_adapter: bool = True,
+    revision: str | None = None,
 ):
     """Load ``(model, tokenizer)`` for generation: a base model, a full checkpoint folder, or base + LoRA adapter.
 
     ``model_name_or_path`` may itself be an adapter folder (e.g. a LoRA run's ``output_dir``); its base model is
     read from ``adapter_config.json``. The adapter is merged into the weights for faster generation unless
     ``merge_adapter=False``. The tokenizer comes from the adapter folder when it has one (training scripts save
-    it there), else from the base model. ``device`` defaults to CUDA when available.
+    it there), else from the base model. ``device`` defaults to CUDA when available. ``revision``: the base model's
+    Hub revision (branch, tag or commit); an adapter's ``adapter_config.json`` does not record it.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -71,8 +74,10 @@ def load_model_for_eval(
         model_name_or_path, adapter_path = adapter_base_model(model_name_or_path), model_name_or_path
     if adapter_path is not None and adapter_base_model(adapter_path) is None:
         raise FileNotFoundError(f"adapter_path {adapter_path} has no adapter_config.json (not a peft adapter folder)")
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=_resolve_dtype(dtype, device))
-    tokenizer_source = model_name_or_path
+    model = AutoModelForCausalLM.from_pretrained(
+        model_name_or_path, dtype=resolve_dtype(dtype, device), revision=revision
+    )
+    tokenizer_source, tokenizer_revision = model_name_or_path, revision
     if adapter_path is not None:
         from peft import PeftModel
 
@@ -80,8 +85,8 @@ def load_model_for_eval(
         if merge_adapter:
             model = model.merge_and_unload()
         if (Path(adapter_path) / "tokenizer_config.json").is_file():
-            tokenizer_source = adapter_path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+            tokenizer_source, tokenizer_revision = adapter_path, None
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=tokenizer_revision)
     prepare_tokenizer(tokenizer)
     return model.to(device).eval(), tokenizer
 
@@ -113,6 +118,26 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
+@contextlib.contextmanager
+def _neutral_model_defaults(model):
+    """Blank ``model.generation_config`` for the duration (restored after).
+
+    ``generate()`` fills every field the passed config leaves unset (None) from the model's generation config, e.g.
+    Qwen2.5-Instruct's ``repetition_penalty`` and ``top_k``, or a ``min_new_tokens``/``suppress_tokens``/
+    ``bad_words_ids`` that no explicit value can switch off. With a blank one only transformers' global defaults
+    fill the gaps, so the decoding is the one ``_generate_transformers`` asks for on every checkpoint.
+    """
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the transformers model
+    saved = target.generation_config
+    target.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
 @torch.no_grad()
 def _generate_transformers(
     model, tokenizer, prompts, *, batch_size, max_new_tokens, num_samples, temperature, top_p, progress
@@ -123,11 +148,16 @@ def _generate_transformers(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     eos_ids = _eos_ids(model, tokenizer)
+    # Plain greedy, or plain temperature + top_p sampling (vLLM's SamplingParams, GRPOConfig's defaults): no top-k,
+    # min-p or penalties, whatever the checkpoint's generation_config.json says (see _neutral_model_defaults).
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=temperature > 0,
         temperature=temperature if temperature > 0 else None,
         top_p=top_p if temperature > 0 else None,
+        top_k=0 if temperature > 0 else None,  # 0 = off (transformers' global default is 50)
+        repetition_penalty=1.0,
+        num_beams=1,
         num_return_sequences=num_samples,
         eos_token_id=eos_ids,
         pad_token_id=tokenizer.pad_token_id,
@@ -149,7 +179,8 @@ def _generate_transformers(
             padding_side="left",
             add_special_tokens=False,
         ).to(device)
-        out = model.generate(**enc, generation_config=config)[:, enc["input_ids"].shape[1] :]
+        with _neutral_model_defaults(model):
+            out = model.generate(**enc, generation_config=config)[:, enc["input_ids"].shape[1] :]
         is_eos = torch.isin(out, eos)
         # Tokens up to and including the first EOS (all of them when generation hit max_new_tokens).
         n_tokens = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.full_like(out[:, 0], out.shape[1]))
@@ -190,7 +221,7 @@ def evaluate(
     dataset: Dataset,
     *,
     batch_size: int = 8,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = 512,
     num_samples: int = 1,
     temperature: float = 0.0,
     top_p: float = 1.0,
@@ -263,9 +294,18 @@ def evaluate(
     return result
 
 
-def merged_model_dir(model_name_or_path: str, adapter_path: str, output_dir: str | None = None) -> str:
-    """Merge a LoRA adapter into its base model and save the result (vLLM loads plain folders); return the folder."""
-    model, tokenizer = load_model_for_eval(model_name_or_path, adapter_path, dtype="bfloat16", device="cpu")
+def merged_model_dir(
+    model_name_or_path: str,
+    adapter_path: str,
+    output_dir: str | None = None,
+    dtype: str = "bfloat16",
+    revision: str | None = None,
+) -> str:
+    """Merge a LoRA adapter into its base model (at ``revision``) and save the result in ``dtype`` (vLLM loads plain
+    folders); return the folder (a new temporary one, which the caller removes, when ``output_dir`` is None)."""
+    model, tokenizer = load_model_for_eval(
+        model_name_or_path, adapter_path, dtype=dtype, device="cpu", revision=revision
+    )
     output_dir = output_dir or tempfile.mkdtemp(prefix="trl-sapo-merged-")
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)

@@ -9,7 +9,9 @@ the learning study rely on:
   back from its reference answer (for any GSM8K-format answer), for per-operation reports.
 - **Disjoint splits by construction.** A problem belongs to the ``test`` split iff a hash of its question text falls
   in one bucket of :data:`HASH_BUCKETS`; every other split keeps only the other buckets. So no test question is ever a
-  training question, whatever the seeds and sizes.
+  training question, whatever the seeds and sizes; by text only: a test problem may be a training story with another
+  person, or share its numbers and operation (docs/results.md §2b: the demo's counts). ``split_by="calculation"``
+  hashes the ``<<a op b=c>>`` calculations instead: no shared numbers and operation (opt-in, for new sets).
 """
 
 from __future__ import annotations
@@ -313,6 +315,7 @@ def generate_problems(
     max_value: int = 100,
     phrasing: str = "standard",
     split: str | None = None,
+    split_by: str = "question",
 ) -> Dataset:
     """Seeded GSM8K-style word problems with exact integer answers; columns ``question`` and ``answer``.
 
@@ -327,6 +330,7 @@ def generate_problems(
         split: ``None`` (any problem), ``"test"`` (only questions in the test hash bucket) or any other split name
             (only questions outside it; the split name also changes the generator's seed). Splits never share a
             question with ``"test"``.
+        split_by: the split is decided by the hash of the ``"question"`` text or of its ``"calculation"`` (both sides).
     """
     if phrasing not in PHRASINGS:
         raise DataError(f"phrasing must be one of {sorted(PHRASINGS)}, got {phrasing!r}")
@@ -337,6 +341,8 @@ def generate_problems(
         raise DataError(f"num_steps must be >= 1 (an int or a (min, max) range), got {num_steps}")
     if max_value < 10:
         raise DataError(f"max_value must be >= 10, got {max_value}")
+    if split_by not in ("question", "calculation"):
+        raise DataError(f"split_by must be 'question' or 'calculation', got {split_by!r}")
     if split is not None:
         seed = seed * 1_000_003 + zlib.crc32(split.encode())
     rng = random.Random(seed)
@@ -355,10 +361,11 @@ def generate_problems(
         # split, new), so the filter cannot skew the operation mix. Small problem spaces may repeat a question.
         for _attempt in range(200):
             question, solution, result = rng.choice(families)(rng, steps, max_value, op)
-            if split is None or (is_test_question(question) == (split == "test") and question not in seen):
+            key = question if split_by == "question" else "".join(re.findall(r"<<[^>]*>>", solution))
+            if split is None or (is_test_question(key) == (split == "test") and question not in seen):
                 break
         else:
-            if split is not None and is_test_question(question) != (split == "test"):
+            if split is not None and is_test_question(key) != (split == "test"):
                 raise DataError(f"found no {split!r} problem for {num_steps=}, {max_value=}, {phrasing=}")
         seen.add(question)
         questions.append(question)
@@ -380,10 +387,10 @@ def parse_synthetic_source(source: str) -> dict[str, Any]:
                 options[key] = (int(lo), int(hi)) if hi else int(lo)
             elif key == "max_value":
                 options[key] = int(value)
-            elif key == "phrasing":
+            elif key in ("phrasing", "split_by"):
                 options[key] = value
             else:
-                raise ValueError("valid keys are num_steps, max_value and phrasing")
+                raise ValueError("valid keys are num_steps, max_value, phrasing and split_by")
         except ValueError as e:
             raise DataError(
                 f"bad synthetic dataset option {item!r} in {source!r} ({e}); "
