@@ -1,0 +1,141 @@
+# Copyright 2026 The trl-sapo developers. Licensed under the Apache License, Version 2.0.
+"""The `trl-sapo` command line: `trl-sapo grpo ...` is `trl grpo ...` with the SAPO loss.
+
+Built from TRL 1.16's CLI (trl/cli/main.py, trl/cli/commands/training.py `TrainingCommand.run`,
+trl/cli/accelerate_launcher.py): every argument is parsed and validated here, in the calling process, then
+`accelerate launch` starts the training module (`-m trl_sapo.cli.grpo`) with the training arguments, and the
+`accelerate launch` options (flags or YAML keys, `--accelerate_config NAME|PATH`) configure the launch. Subcommands
+are `SAPOTrainingCommand`s in `COMMANDS`: a new training mode (e.g. an asynchronous one) is one more entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from argparse import ArgumentParser, Namespace
+
+import yaml
+from trl.cli.accelerate_config import resolve_accelerate_config_argument
+from trl.cli.commands.base import Command, CommandContext
+from trl.cli.commands.training import _subtract_subsequence
+
+from .training import UsageError, exit_on_user_error, user_errors
+
+
+def launch_args_from_config(config_remaining: list[str]) -> list[str]:
+    """The `--key value` pairs TrlParser left over from the YAML, as `accelerate launch` takes them: a switch
+    (`cpu: true`) becomes `--cpu`, `false` drops it (TRL would pass the value on and it would become the script)."""
+    from accelerate.commands.launch import launch_command_parser
+
+    switches = {
+        option.lstrip("-").replace("-", "_")
+        for action in launch_command_parser()._actions
+        if action.nargs == 0
+        for option in action.option_strings
+    }
+    args = []
+    for key, value in zip(config_remaining[::2], config_remaining[1::2]):
+        if key.lstrip("-") in switches:
+            args += [key] if yaml.safe_load(value) else []
+        else:
+            args += [key, value]
+    return args
+
+
+def check_accelerate_backend(launch_args: list[str]) -> None:
+    """Refuse an FSDP accelerate config on a machine without an accelerator: accelerate (1.15) would silently run
+    plain DDP there (the training process refuses too, after loading; this says it before anything starts)."""
+    import torch
+
+    if "--config_file" not in launch_args or torch.accelerator.is_available():
+        return
+    path = launch_args[launch_args.index("--config_file") + 1]
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    if config.get("distributed_type") == "FSDP":
+        raise UsageError(
+            f"{path} asks for FSDP, which accelerate runs only on GPUs/accelerators; on this machine it would train "
+            "with plain data parallelism instead. On CPU use a DDP or DeepSpeed config with `use_cpu: true` (e.g. "
+            "accelerate_configs/cpu_2proc_ddp.yaml or cpu_2proc_zero2.yaml in the trl-sapo repository)."
+        )
+
+
+class SAPOTrainingCommand(Command):
+    """`trl-sapo <name> ...`: validate with `<module>.make_parser`/`check_args`, then `accelerate launch -m <module>`
+    (TRL 1.16 `TrainingCommand`, with this package's modules and validation before the launch)."""
+
+    def __init__(self, name: str, module: str, help_text: str):
+        super().__init__(name=name, help_text=help_text)
+        self.module = module
+
+    def register(self, subparsers) -> None:
+        subparsers.add_parser(self.name, help=self.help_text, add_help=False)
+
+    def split_args(self, all_args: list[str]) -> tuple[list[str], list[str]]:
+        """`(launch_args, training_script_args)` after validating every training argument; exits on `--help`."""
+        module = importlib.import_module(self.module)
+        parser = module.make_parser(prog=f"trl-sapo {self.name}")
+        with user_errors():
+            *parsed, config_remaining, cli_remaining = module.parse_args(all_args, parser=parser)
+        module.reject_unknown(config_remaining, "in the --config YAML")
+        module.reject_unknown(cli_remaining, "on the command line")
+        module.check_args(*parsed)
+        with user_errors():
+            launch_args = resolve_accelerate_config_argument(launch_args_from_config(config_remaining) + cli_remaining)
+        check_accelerate_backend(launch_args)
+        return launch_args, _subtract_subsequence(all_args, cli_remaining)
+
+    def run(self, args: Namespace, context: CommandContext) -> int:
+        from accelerate.commands.launch import launch_command, launch_command_parser
+
+        prog = f"trl-sapo {self.name}"
+        launch_args, training_script_args = exit_on_user_error(
+            prog, lambda: self.split_args(context.argv_after(self.name))
+        )
+        accelerate_args = launch_command_parser().parse_args(
+            [*launch_args, "--module", self.module, *training_script_args]
+        )
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+        # The training processes print their own errors; the launcher's traceback around them would add nothing.
+        try:
+            launch_command(accelerate_args)
+        except subprocess.CalledProcessError as err:  # one process (accelerate's simple launcher)
+            return err.returncode
+        except ChildFailedError as err:  # several processes (torchrun, DeepSpeed)
+            rank, failure = err.get_first_failure()
+            print(f"{prog}: training process {rank} failed (exit code {failure.exitcode}).", file=sys.stderr)
+            return failure.exitcode if failure.exitcode > 0 else 1
+        return 0
+
+
+COMMANDS: list[Command] = [
+    SAPOTrainingCommand("grpo", "trl_sapo.cli.grpo", "Train with SAPO: `trl grpo` with the SAPO loss"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `trl-sapo` CLI (TRL 1.16 trl/cli/main.py `main`, with this package's commands)."""
+    commands_by_name = {command.name: command for command in COMMANDS}
+    parser = ArgumentParser(
+        prog="trl-sapo",
+        allow_abbrev=False,
+        description="SAPO training from the command line: `trl-sapo grpo` takes every `trl grpo` argument and "
+        "recipe, plus the SAPOConfig options. `trl-sapo grpo --help` lists them.",
+    )
+    subparsers = parser.add_subparsers(help="available commands", dest="command")
+    for command in COMMANDS:
+        command.register(subparsers)
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    args, _ = parser.parse_known_args(argv)
+    command_name = getattr(args, "command", None)
+    if command_name is None:
+        parser.print_help()
+        return 0
+    return commands_by_name[command_name].run(args, CommandContext(argv=argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
