@@ -58,7 +58,7 @@ TINY_QWEN2 = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "max_position_embeddings": 512,
+    "max_position_embeddings": 32768,  # as Qwen2.5
     "tie_word_embeddings": True,
 }
 
