@@ -274,3 +274,56 @@ def test_unknown_yaml_key_in_the_training_process(workdir, assets, capsys):
     recipe.write_text(yaml.safe_dump({"num_processes": 1, "sapo_tau_pso": 2.0}))
     err = exit_message(capsys, lambda: grpo.cli_main(["--config", str(recipe), *base_args(assets)]))
     assert "unknown option(s) ['--sapo_tau_pso'" in err and "in the --config YAML" in err
+
+
+@pytest.mark.slow
+def test_wheel_from_an_empty_folder(tmp_path, assets):
+    """Issue 27's bar: only the built wheel installed (a fresh venv that sees this environment's dependencies, not
+    this checkout), in an empty folder: `trl-sapo grpo --config <a trl grpo recipe> --max_steps 2` trains the tiny
+    model with a dotted-path reward and a reward model, and writes the model and a checkpoint."""
+    dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)]
+    run([*pip_wheel, str(REPO_ROOT)], cwd=tmp_path)
+    run([sys._base_executable, "-m", "venv", str(venv)], cwd=tmp_path)
+    venv_python = venv / "bin" / "python"
+    site = subprocess.check_output([venv_python, "-c", "import site; print(site.getsitepackages()[0])"], text=True)
+    import site as this_site
+
+    # A plain path line: the dependencies are importable, this environment's editable trl_sapo finder is not.
+    (Path(site.strip()) / "dependencies.pth").write_text(this_site.getsitepackages()[0] + "\n")
+    run(
+        [venv_python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", *map(str, dist.glob("*.whl"))],
+        cwd=tmp_path,
+    )
+
+    work.mkdir()
+    (work / "my_rewards.py").write_text(REWARD_MODULE)
+    (work / "recipe.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(assets["policy"]),
+                "datasets": [{"path": str(assets["zen"]), "name": "conversational_prompt_only", "split": "train"}],
+                "reward_funcs": ["my_rewards.length_reward"],
+                "reward_model_name_or_path": str(assets["reward_model"]),
+                "per_device_train_batch_size": 4,
+                "num_generations": 4,
+                "max_completion_length": 8,
+                "output_dir": "out",
+                "report_to": "none",
+            }
+        )
+    )
+    environment = {k: v for k, v in env().items() if k != "PYTHONPATH"}
+    environment["PATH"] = f"{venv / 'bin'}{os.pathsep}{environment['PATH']}"
+    proc = subprocess.run(
+        ["trl-sapo", "grpo", "--config", "recipe.yaml", "--max_steps", "2"],
+        cwd=work, env=environment, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert str(venv) in subprocess.check_output(
+        [venv_python, "-c", "import trl_sapo; print(trl_sapo.__file__)"], cwd=work, env=environment, text=True
+    )
+    state = json.loads((work / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and "rewards/length_reward/mean" in state["log_history"][0]
+    assert (work / "out" / "model.safetensors").is_file()
+    assert (work / "out" / "checkpoint-2" / "checkpoint_complete.json").is_file()

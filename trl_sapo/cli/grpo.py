@@ -31,7 +31,7 @@ from ..checkpoints import document_resume_option
 from ..config import SAPOConfig
 from ..launch import parse_with_precision_defaults, precision_defaults
 from .rewards import grpo_reward_registry, resolve_reward_funcs
-from .training import TrainingPlan, UsageError, exit_on_user_error, run_training, user_errors
+from .training import TrainingPlan, UsageError, run_entry_point, run_training, user_errors
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +181,6 @@ def main(script_args, training_args: SAPOConfig, model_args: ModelConfig, datase
 def cli_main(argv: Sequence[str] | None = None, callbacks=None) -> None:
     """`python -m trl_sapo.cli.grpo` / `accelerate launch -m trl_sapo.cli.grpo`: parse, train, exit 2 with the
     message on a user error, `PREEMPTED_EXIT_CODE` after a SIGTERM checkpoint."""
-    from ..reliability import PREEMPTED_EXIT_CODE
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
 
     def parse_and_train():
         with user_errors():
@@ -195,9 +191,7 @@ def cli_main(argv: Sequence[str] | None = None, callbacks=None) -> None:
             raise UsageError(f"unknown option(s) {cli_remaining}; `accelerate launch` options go before `-m`.")
         return main(*parsed, callbacks=callbacks)
 
-    trainer = exit_on_user_error(PROG, parse_and_train)
-    if trainer.preempted:
-        sys.exit(PREEMPTED_EXIT_CODE)
+    run_entry_point(PROG, parse_and_train)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from `acquire_run_lock` to `trainer.end()` is here once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -61,6 +62,19 @@ def exit_on_user_error(prog: str, run: Callable[[], object]) -> object:
             raise
         print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
         sys.exit(USAGE_EXIT_CODE)
+
+
+def run_entry_point(prog: str, parse_and_train: Callable[[], SAPOTrainer]) -> None:
+    """What every training entry point does around `parse_and_train()`: default logging, a user error ends with its
+    message and status 2 (`exit_on_user_error`), a run stopped by SIGTERM after its checkpoint exits with
+    `PREEMPTED_EXIT_CODE` at once (nothing after training runs inside the scheduler's grace period)."""
+    from ..reliability import PREEMPTED_EXIT_CODE
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    trainer = exit_on_user_error(prog, parse_and_train)
+    if trainer.preempted:
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 @dataclass

@@ -33,16 +33,13 @@ user error prints its message and exits 2) in `trl_sapo.cli.training`; precision
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Sequence
 
 from transformers import TrainerCallback
 from trl import ModelConfig
 
-from ..cli.training import TrainingPlan, exit_on_user_error, run_training, user_errors
+from ..cli.training import TrainingPlan, run_entry_point, run_training, user_errors
 from ..config import SAPOConfig
-from ..reliability import PREEMPTED_EXIT_CODE
 from ..trainer import SAPOTrainer
 from .recipe import GSM8KScriptArguments, check_args, hub_dataset_name, load_reward_funcs, load_split, parse_args
 
@@ -93,17 +90,13 @@ def main(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | N
     parse `argv` (default: `sys.argv[1:]`; `--config recipe.yaml` plus flags), train, and exit the process with
     `PREEMPTED_EXIT_CODE` when SIGTERM stopped the run after its checkpoint. A user error (a bad option, data row or
     resume choice) prints `trl-sapo-gsm8k: error: <message>` and exits with status 2, without a traceback."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
 
     def parse_and_train():
         with user_errors():
             parsed = parse_args(None if argv is None else list(argv))
         return train_gsm8k(*parsed, callbacks=callbacks)
 
-    trainer = exit_on_user_error(PROG, parse_and_train)
-    if trainer.preempted:
-        sys.exit(PREEMPTED_EXIT_CODE)
+    run_entry_point(PROG, parse_and_train)
 
 
 if __name__ == "__main__":
