@@ -241,6 +241,7 @@ def base_args(assets, *extra: str) -> list[str]:
             ],
             "asks for FSDP",
         ),
+        (["--reward_funcs", "think_format_reward", "--accelerate_config", "multi_gpu"], "starts 8 GPU processes"),
     ],
 )
 def test_launcher_rejects_bad_arguments_before_launching(workdir, assets, capsys, monkeypatch, extra, message):

@@ -43,9 +43,17 @@ def launch_args_from_config(config_remaining: list[str]) -> list[str]:
     return args
 
 
+CPU_CONFIGS_HINT = (
+    "On CPU use a DDP or DeepSpeed config with `use_cpu: true` (e.g. accelerate_configs/cpu_2proc_ddp.yaml or "
+    "cpu_2proc_zero2.yaml in the trl-sapo repository), or run one process: `trl-sapo grpo ...` without "
+    "--accelerate_config."
+)
+
+
 def check_accelerate_backend(launch_args: list[str]) -> None:
-    """Refuse an FSDP accelerate config on a machine without an accelerator: accelerate (1.15) would silently run
-    plain DDP there (the training process refuses too, after loading; this says it before anything starts)."""
+    """On a machine without an accelerator, refuse accelerate configs that cannot do what they say: FSDP (accelerate
+    1.15 would silently run plain DDP) and several GPU processes without `use_cpu` (each would train alone). The
+    training processes refuse both too, after starting; this says it before anything starts."""
     import torch
 
     if "--config_file" not in launch_args or torch.accelerator.is_available():
@@ -55,10 +63,22 @@ def check_accelerate_backend(launch_args: list[str]) -> None:
         config = yaml.safe_load(f) or {}
     if config.get("distributed_type") == "FSDP":
         raise UsageError(
-            f"{path} asks for FSDP, which accelerate runs only on GPUs/accelerators; on this machine it would train "
-            "with plain data parallelism instead. On CPU use a DDP or DeepSpeed config with `use_cpu: true` (e.g. "
-            "accelerate_configs/cpu_2proc_ddp.yaml or cpu_2proc_zero2.yaml in the trl-sapo repository)."
+            f"{path} asks for FSDP, which accelerate runs only on GPUs/accelerators; on this machine (no GPU) it would "
+            f"train with plain data parallelism instead. {CPU_CONFIGS_HINT}"
         )
+    num_processes = int(_launch_option(launch_args, "--num_processes") or config.get("num_processes") or 1)
+    use_cpu = config.get("use_cpu") or "--cpu" in launch_args
+    if config.get("distributed_type") in ("MULTI_GPU", "DEEPSPEED") and num_processes > 1 and not use_cpu:
+        raise UsageError(
+            f"{path} starts {num_processes} GPU processes, but this machine has no GPU: each process would train "
+            f"alone. {CPU_CONFIGS_HINT}"
+        )
+
+
+def _launch_option(launch_args: list[str], option: str) -> str | None:
+    """The value of `option` among accelerate's launch arguments (last one wins, as in argparse), or None."""
+    values = [launch_args[i + 1] for i, arg in enumerate(launch_args[:-1]) if arg == option]
+    return values[-1] if values else None
 
 
 class SAPOTrainingCommand(Command):

@@ -106,7 +106,10 @@ def run_training(
     any model is loaded. A run
     stopped by SIGTERM returns right after its checkpoint is saved, with `trainer.preempted` True and nothing else
     done; the caller decides how to exit."""
-    check_world_size(training_args.world_size)
+    try:
+        check_world_size(training_args.world_size)
+    except RuntimeError as err:  # the launch did not match the machine: the message says which config to use
+        raise UsageError(str(err)) from err
     # The lock refuses a second run writing the same output_dir (trl_sapo/run_lock.py); resume: true / false / auto
     # (default: the latest checkpoint in output_dir, if any) / a path (trl_sapo/checkpoints.py). Both are resolved
     # before any loading, so an impossible choice fails at once; both are collectives: every rank calls them.
@@ -141,7 +144,10 @@ def run_training(
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
-    check_backend(trainer.accelerator.distributed_type)
+    try:
+        check_backend(trainer.accelerator.distributed_type)
+    except RuntimeError as err:
+        raise UsageError(str(err)) from err
     objective = "SAPO" if training_args.use_sapo_loss else f"GRPO-clipped ({training_args.loss_type})"
     size = f"{len(train_dataset)} examples" if hasattr(train_dataset, "__len__") else "a streamed dataset"
     trainer.accelerator.print(
