@@ -229,6 +229,7 @@ def base_args(assets, *extra: str) -> list[str]:
         (["--reward_funcs", "my_rewards.missing"], "module 'my_rewards' ("),
         (["--reward_funcs", "my_rewards.positional_reward"], "cannot take TRL's arguments"),
         (["--reward_funcs", "think_format_reward", "--no_such_flag", "1"], "unknown option(s) ['--no_such_flag'"),
+        (["--max_steps", "2", "stray", "--reward_funcs", "think_format_reward"], "unknown option(s) ['stray']"),
         (["--reward_funcs", "think_format_reward", "--ignore_bias_buffers", "true"], "`trl dpo` option"),
         ([], "No reward"),
         (["--reward_funcs", "think_format_reward", "--accelerate_config", "nope"], "Accelerate config nope"),
@@ -292,10 +293,9 @@ def test_wheel_from_an_empty_folder(tmp_path, assets):
 
     # A plain path line: the dependencies are importable, this environment's editable trl_sapo finder is not.
     (Path(site.strip()) / "dependencies.pth").write_text(this_site.getsitepackages()[0] + "\n")
-    run(
-        [venv_python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", *map(str, dist.glob("*.whl"))],
-        cwd=tmp_path,
-    )
+    # --force-reinstall: pip sees this environment's (editable) trl-sapo through that path and would skip the wheel.
+    pip_install = [venv_python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall"]
+    run([*pip_install, *map(str, dist.glob("*.whl"))], cwd=tmp_path)
 
     work.mkdir()
     (work / "my_rewards.py").write_text(REWARD_MODULE)

@@ -150,7 +150,8 @@ def _parse_grpo(argv: list[str]) -> None:
     except SystemExit as exit_:  # --help
         assert exit_.code in (0, None), f"trl-sapo grpo flags rejected: {argv}"
         return
-    grpo.reject_unknown(config_remaining + cli_remaining, "in a documented command")
+    grpo.reject_unknown(config_remaining[::2], "in a documented recipe", keys_only=True)
+    grpo.reject_unknown(cli_remaining, "in a documented command")
 
 
 def _parse_eval(argv: list[str]) -> None:

@@ -83,14 +83,14 @@ def make_parser(prog: str | None = None) -> TrlParser:
     return parser
 
 
-def accelerate_option_names() -> set[str]:
-    """Option names (without dashes, underscores and hyphens both) of `accelerate launch`."""
+def accelerate_options() -> dict[str, bool]:
+    """`accelerate launch`'s option names (no dashes; underscore and hyphen spellings) -> whether it takes a value."""
     from accelerate.commands.launch import launch_command_parser
 
-    names = set()
+    options = {"accelerate_config": True}  # TRL's alias, resolved to --config_file
     for action in launch_command_parser()._actions:
-        names.update(option.lstrip("-").replace("-", "_") for option in action.option_strings)
-    return names | {"accelerate_config"}  # TRL's alias, resolved to --config_file
+        options.update({option.lstrip("-").replace("-", "_"): action.nargs != 0 for option in action.option_strings})
+    return options
 
 
 def parse_args(argv: Sequence[str] | None = None, parser: TrlParser | None = None):
@@ -101,10 +101,19 @@ def parse_args(argv: Sequence[str] | None = None, parser: TrlParser | None = Non
     return parse_with_precision_defaults(parser, argv, return_remaining_strings=True, separate_remaining_strings=True)
 
 
-def reject_unknown(strings: Sequence[str], where: str) -> None:
-    """Raise `UsageError` for options that neither this program nor `accelerate launch` knows."""
-    known = accelerate_option_names()
-    unknown = [s for s in strings if s.startswith("-") and s.lstrip("-").split("=")[0].replace("-", "_") not in known]
+def reject_unknown(strings: Sequence[str], where: str, keys_only: bool = False) -> None:
+    """Raise `UsageError` unless `strings` (what TrlParser left) are `accelerate launch` options and their values
+    (`keys_only`: option names alone, e.g. the keys of the YAML's leftover pairs)."""
+    options = accelerate_options()
+    unknown, expect_value = [], False
+    for token in strings:
+        name = token.lstrip("-").split("=")[0].replace("-", "_")
+        if expect_value:
+            expect_value = False
+        elif not token.startswith("-") or name not in options:
+            unknown.append(token)
+        else:
+            expect_value = options[name] and "=" not in token and not keys_only
     if unknown:
         raise UsageError(
             f"unknown option(s) {unknown} {where}: neither a `{PROG}` option (see --help) nor an `accelerate launch` "
@@ -186,7 +195,7 @@ def cli_main(argv: Sequence[str] | None = None, callbacks=None) -> None:
         with user_errors():
             *parsed, config_remaining, cli_remaining = parse_args(argv)
         # accelerate options in the YAML were for the launcher; anything else is a mistake.
-        reject_unknown(config_remaining, "in the --config YAML")
+        reject_unknown(config_remaining[::2], "in the --config YAML", keys_only=True)
         if cli_remaining:
             raise UsageError(f"unknown option(s) {cli_remaining}; `accelerate launch` options go before `-m`.")
         return main(*parsed, callbacks=callbacks)

@@ -98,7 +98,7 @@ class SAPOTrainingCommand(Command):
         parser = module.make_parser(prog=f"trl-sapo {self.name}")
         with user_errors():
             *parsed, config_remaining, cli_remaining = module.parse_args(all_args, parser=parser)
-        module.reject_unknown(config_remaining, "in the --config YAML")
+        module.reject_unknown(config_remaining[::2], "in the --config YAML", keys_only=True)
         module.reject_unknown(cli_remaining, "on the command line")
         module.check_args(*parsed)
         with user_errors():
