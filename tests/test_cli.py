@@ -141,6 +141,34 @@ def test_grpo_distributed(tmp_path, assets, config):
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_through_trl_sapo(tmp_path, assets):
+    """`trl-sapo grpo` starts accelerate itself: `accelerate_config` as a YAML key (a file path), an accelerate flag
+    on the command line; both processes train together."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "accelerate_config": str(REPO_ROOT / "accelerate_configs" / "cpu_2proc_ddp.yaml"),
+                "model_name_or_path": str(assets["policy"]),
+                "dataset_name": str(assets["zen"]),
+                "dataset_config": "conversational_prompt_only",
+                "reward_model_name_or_path": str(assets["reward_model"]),
+                "per_device_train_batch_size": 2,
+                "num_generations": 4,
+                "max_completion_length": 16,
+                "max_steps": 2,
+                "report_to": "none",
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
+    proc = run(trl_sapo("grpo", "--config", str(recipe), "--main_process_port", str(free_port())), cwd=tmp_path)
+    assert "(2 process(es))" in proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
+
+
 # ---- recipes and argument routing -----------------------------------------------------------------------------------
 
 
@@ -328,3 +356,14 @@ def test_wheel_from_an_empty_folder(tmp_path, assets):
     assert state["global_step"] == 2 and "rewards/length_reward/mean" in state["log_history"][0]
     assert (work / "out" / "model.safetensors").is_file()
     assert (work / "out" / "checkpoint-2" / "checkpoint_complete.json").is_file()
+
+
+@pytest.mark.slow  # ~15 s: a launch
+def test_training_process_user_error_exits_2_through_the_launcher(workdir, assets):
+    """Issue 31: an error found in the training process (here `--resume_from_checkpoint true` with no checkpoint)
+    reaches the user as one line and status 2 through `trl-sapo grpo` and accelerate, without a traceback."""
+    args = base_args(assets, "--reward_funcs", "think_format_reward", "--resume_from_checkpoint", "true")
+    proc = subprocess.run(trl_sapo("grpo", *args), cwd=workdir, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "trl-sapo grpo: error: " in proc.stderr and "holds no finished" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -10,7 +10,9 @@ are `SAPOTrainingCommand`s in `COMMANDS`: a new training mode (e.g. an asynchron
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import subprocess
 import sys
 from argparse import ArgumentParser, Namespace
@@ -81,6 +83,18 @@ def _launch_option(launch_args: list[str], option: str) -> str | None:
     return values[-1] if values else None
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Only errors from logger `name` inside the block."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class SAPOTrainingCommand(Command):
     """`trl-sapo <name> ...`: validate with `<module>.make_parser`/`check_args`, then `accelerate launch -m <module>`
     (TRL 1.16 `TrainingCommand`, with this package's modules and validation before the launch)."""
@@ -96,7 +110,8 @@ class SAPOTrainingCommand(Command):
         """`(launch_args, training_script_args)` after validating every training argument; exits on `--help`."""
         module = importlib.import_module(self.module)
         parser = module.make_parser(prog=f"trl-sapo {self.name}")
-        with user_errors():
+        # The training processes parse the same arguments and give the precision warning; once is enough.
+        with user_errors(), _quiet_logger("trl_sapo.launch"):
             *parsed, config_remaining, cli_remaining = module.parse_args(all_args, parser=parser)
         module.reject_unknown(config_remaining[::2], "in the --config YAML", keys_only=True)
         module.reject_unknown(cli_remaining, "on the command line")
