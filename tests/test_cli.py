@@ -239,6 +239,24 @@ def test_accelerate_options_go_to_accelerate(tmp_path):
     assert script_args == ["--config", str(recipe), "--seed", "3"]
 
 
+def test_batch_sizes_are_checked_for_the_launched_processes(tmp_path, capsys):
+    """GRPOConfig's batch checks depend on the world size: the calling process checks them for the processes it will
+    launch (per device 2 x 2 processes = 4 completions, one group of 4), not for itself (2: not whole groups)."""
+    from trl_sapo.cli.main import COMMANDS
+
+    recipe = tmp_path / "recipe.yaml"
+    config = {"model_name_or_path": "m", "dataset_name": "d", "reward_funcs": ["think_format_reward"]}
+    recipe.write_text(yaml.safe_dump({**config, "per_device_train_batch_size": 2, "num_generations": 4}))
+    ddp = str(REPO_ROOT / "accelerate_configs" / "cpu_2proc_ddp.yaml")
+    for launch in (["--num_processes", "2"], ["--accelerate_config", ddp], ["--config_file", ddp]):
+        COMMANDS[0].split_args(["--config", str(recipe), *launch])
+    err = exit_message(capsys, lambda: trl_sapo_main(["grpo", "--config", str(recipe), "--num_processes", "1"]))
+    assert "generation_batch_size (2) must be divisible by num_generations (4)" in err
+    from transformers import TrainingArguments
+
+    assert TrainingArguments(output_dir=str(tmp_path), use_cpu=True).world_size == 1  # restored
+
+
 # ---- user errors: one line, status 2, before any model loads --------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import subprocess
 import sys
 from argparse import ArgumentParser, Namespace
@@ -83,6 +84,49 @@ def _launch_option(launch_args: list[str], option: str) -> str | None:
     return values[-1] if values else None
 
 
+def launched_num_processes(all_args: list[str]) -> int:
+    """How many training processes `accelerate launch` will start for these arguments: `num_processes` as a flag or
+    YAML key, else that of the accelerate config (`--accelerate_config`/`--config_file`, flag or YAML key, else
+    accelerate's default config file), else 1."""
+    from accelerate.commands.config.config_args import default_config_file
+
+    config = {}
+    if "--config" in all_args:
+        with open(all_args[all_args.index("--config") + 1]) as f:
+            config = yaml.safe_load(f) or {}
+
+    def value(name: str):
+        flags = {f"--{name}", f"--{name.replace('_', '-')}"}
+        given = [all_args[i + 1] for i, arg in enumerate(all_args[:-1]) if arg in flags]
+        return given[-1] if given else config.get(name)
+
+    if value("num_processes") is not None:
+        return int(value("num_processes"))
+    accelerate_config = value("accelerate_config")
+    if accelerate_config is not None:
+        path = resolve_accelerate_config_argument(["--accelerate_config", str(accelerate_config)])[1]
+    else:
+        path = value("config_file") or (default_config_file if os.path.isfile(default_config_file) else None)
+    if path is None:
+        return 1
+    with open(path) as f:
+        return int((yaml.safe_load(f) or {}).get("num_processes") or 1)
+
+
+@contextlib.contextmanager
+def _world_size(num_processes: int):
+    """`TrainingArguments.world_size` is `num_processes` inside the block: the calling process checks the batch sizes
+    (GRPOConfig: generation batch divisible by num_generations, ...) for the launch it will start, not for itself."""
+    from transformers import TrainingArguments
+
+    original = TrainingArguments.__dict__["world_size"]
+    TrainingArguments.world_size = property(lambda self: num_processes)
+    try:
+        yield
+    finally:
+        TrainingArguments.world_size = original
+
+
 @contextlib.contextmanager
 def _quiet_logger(name: str):
     """Only errors from logger `name` inside the block."""
@@ -111,7 +155,9 @@ class SAPOTrainingCommand(Command):
         module = importlib.import_module(self.module)
         parser = module.make_parser(prog=f"trl-sapo {self.name}")
         # The training processes parse the same arguments and give the precision warning; once is enough.
-        with user_errors(), _quiet_logger("trl_sapo.launch"):
+        with user_errors():
+            num_processes = launched_num_processes(all_args)
+        with user_errors(), _quiet_logger("trl_sapo.launch"), _world_size(num_processes):
             *parsed, config_remaining, cli_remaining = module.parse_args(all_args, parser=parser)
         module.reject_unknown(config_remaining[::2], "in the --config YAML", keys_only=True)
         module.reject_unknown(cli_remaining, "on the command line")
@@ -123,6 +169,7 @@ class SAPOTrainingCommand(Command):
 
     def run(self, args: Namespace, context: CommandContext) -> int:
         from accelerate.commands.launch import launch_command, launch_command_parser
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
         prog = f"trl-sapo {self.name}"
         launch_args, training_script_args = exit_on_user_error(
@@ -131,7 +178,6 @@ class SAPOTrainingCommand(Command):
         accelerate_args = launch_command_parser().parse_args(
             [*launch_args, "--module", self.module, *training_script_args]
         )
-        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
         # The training processes print their own errors; the launcher's traceback around them would add nothing.
         try:

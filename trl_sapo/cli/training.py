@@ -35,9 +35,9 @@ class UsageError(ValueError):
     is_user_error = True
 
 
-USER_ERROR_TYPES = (ValueError, RunLockError)
-"""What a check of user input raises: bad values (`ValueError`: CheckpointError, DataError, SAPOConfigError, ...)
-and an output_dir in use by another run (`RunLockError`)."""
+USER_ERROR_TYPES = (ValueError, OSError, RunLockError)
+"""What a check of user input raises: bad values (`ValueError`: CheckpointError, DataError, SAPOConfigError, ...),
+a file that is not there (`OSError`: a recipe, a dataset) and an output_dir in use by another run (`RunLockError`)."""
 
 
 @contextlib.contextmanager
