@@ -6,7 +6,8 @@ attention, quantization) and the GSM8K options below are flags; `--config recipe
 flags given on the command line override the YAML. `python scripts/gsm8k_sapo.py --help` lists them all.
 
 This file is a thin shim over the installed entry point `trl_sapo.gsm8k.train.main`: with `pip install trl-sapo`
-the same program is `trl-sapo-gsm8k --config recipe.yaml` or `accelerate launch -m trl_sapo.gsm8k.train ...`.
+the same program is `trl-sapo-gsm8k --config recipe.yaml` or `accelerate launch -m trl_sapo.gsm8k.train ...`. It is
+the GSM8K recipe of `trl-sapo grpo` (any `trl grpo` command or recipe with SAPO; README "Coming from `trl grpo`").
 
 Single GPU:
     accelerate launch --config_file accelerate_configs/single_gpu.yaml \

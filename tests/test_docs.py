@@ -4,7 +4,8 @@ Commands are taken from the fenced bash blocks of README.md, docs/*.md, benchmar
 and from inline code spans in their prose that start with a command (`python ...`, `make ...`, ...). For each one:
 the repository files it names exist (a redirect's folder exists or an earlier `mkdir -p` in the block makes it),
 and each entry point accepts its flags: the training recipe parser (`scripts/gsm8k_sapo.py`,
-`-m trl_sapo.gsm8k.train`, `trl-sapo-gsm8k`, the flags after the recipe of the SLURM launcher), the eval parser,
+`-m trl_sapo.gsm8k.train`, `trl-sapo-gsm8k`, the flags after the recipe of the SLURM launcher), `trl-sapo grpo`'s
+(`-m trl_sapo.cli.grpo`; what it leaves must be `accelerate launch` options), the eval parser,
 accelerate's launch parser, and for argparse scripts their own parser (run up to `parse_args`, nothing after).
 Nothing is trained, nothing needs a GPU or SLURM. A command no rule knows fails the test, so new docs are covered.
 """
@@ -26,11 +27,14 @@ from helpers import REPO_ROOT
 DOCS = ["README.md", *sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "docs").glob("*.md"))]
 DOCS += ["benchmarks/README.md", "slurm/README.md"]
 REPO_DIRS = {"scripts", "recipes", "accelerate_configs", "benchmarks", "slurm", "docs", "tests", "tools", "trl_sapo"}
-COMMAND_START = re.compile(r"^(python3?|\.venv/bin/\w+|make|trl-sapo-gsm8k|pip install)\b")  # whole commands in prose
+COMMAND_START = re.compile(
+    r"^(python3?|\.venv/bin/\w+|make|trl-sapo-gsm8k|trl-sapo grpo|pip install)\b"
+)  # whole commands in prose
 ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 OUTPUT_FLAGS = {"--output", "--output_dir", "--results_dir"}  # what follows is written, not read
 TRAIN_SCRIPTS = {"scripts/gsm8k_sapo.py"}
 TRAIN_MODULES = {"trl_sapo.gsm8k.train"}
+GRPO_MODULES = {"trl_sapo.cli.grpo"}  # `trl-sapo grpo`
 
 
 # ---- extraction -----------------------------------------------------------------------------------------------------
@@ -137,6 +141,19 @@ def _parse_training(argv: list[str]) -> None:
         assert exit_.code in (0, None), f"training flags rejected: {argv}"
 
 
+def _parse_grpo(argv: list[str]) -> None:
+    """`trl-sapo grpo` flags and recipe: TrlParser parses them; what it leaves must be `accelerate launch` options."""
+    from trl_sapo.cli import grpo
+
+    try:
+        *_, config_remaining, cli_remaining = grpo.parse_args(argv)
+    except SystemExit as exit_:  # --help
+        assert exit_.code in (0, None), f"trl-sapo grpo flags rejected: {argv}"
+        return
+    grpo.reject_unknown(config_remaining[::2], "in a documented recipe", keys_only=True)
+    grpo.reject_unknown(cli_remaining, "in a documented command")
+
+
 def _parse_eval(argv: list[str]) -> None:
     from trl import TrlParser
 
@@ -150,6 +167,8 @@ def _check_python(words: list[str], monkeypatch) -> None:
         module, argv = words[1], words[2:]
         if module in TRAIN_MODULES:
             return _parse_training(argv)
+        if module in GRPO_MODULES:
+            return _parse_grpo(argv)
         return _run_until_parsed(module, argv, module=True, monkeypatch=monkeypatch)
     script, argv = words[0], words[1:]
     if script in TRAIN_SCRIPTS:
@@ -215,6 +234,9 @@ def check_command(words: list[str], made_dirs: set[str], monkeypatch) -> None:
         _check_python(rest, monkeypatch)
     elif program == "trl-sapo-gsm8k":
         _parse_training(rest)
+    elif program == "trl-sapo":
+        assert rest[0] == "grpo", words
+        _parse_grpo(rest[1:])
     elif program == "accelerate":
         assert rest[0] == "launch", words
         _check_accelerate(rest[1:], monkeypatch)
@@ -254,7 +276,7 @@ def _is_template(words: list[str]) -> bool:
 
 def test_commands_were_found():
     programs = {words[0] for _, _, words in COMMANDS}
-    assert len(COMMANDS) > 30 and {"accelerate", "python", "make", "sbatch", "trl-sapo-gsm8k"} <= programs
+    assert len(COMMANDS) > 30 and {"accelerate", "python", "make", "sbatch", "trl-sapo-gsm8k", "trl-sapo"} <= programs
     templates = [shlex.join(w) for _, _, w in COMMANDS if _is_template(w)]
     # Usage lines with placeholders (`recipes/...yaml`, `[--flag value ...]`, the launcher's internal command in
     # slurm/README.md) are not checked: keep them few.

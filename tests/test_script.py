@@ -17,6 +17,7 @@ from helpers import CPU_TRAINING_KWARGS, REPO_ROOT, as_cli_flags
 
 from trl_sapo import launch
 from trl_sapo.gsm8k import recipe as gsm8k_recipe
+from trl_sapo.gsm8k import train as gsm8k_train
 from trl_sapo.gsm8k.train import main
 from trl_sapo.tools.offline import OFFLINE_ENV
 
@@ -257,9 +258,12 @@ def test_precision_fallback_without_gpu(caplog):
         (["--reward_funcs", "overlong", "--max_completion_length", "32", "--soft_punish_cache", "32"], "between 1"),
     ],
 )
-def test_bad_options_fail_before_training(flags, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_options_fail_before_training(flags, message, capsys):
+    """A user error ends the entry point with its message on stderr and status 2 (no traceback), before training."""
+    with pytest.raises(SystemExit) as exit_info:
         main(["--use_cpu", "true", "--bf16", "false", *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_launch_guards_reject_silent_fallbacks(monkeypatch):
@@ -292,7 +296,9 @@ def test_bad_data_error_names_the_row(tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(DataError, match="row 1"):  # fails while loading data, before any model is loaded
-        main(["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data)])
+        gsm8k_train.train_gsm8k(
+            *gsm8k_recipe.parse_args(["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data)])
+        )
 
     script_args, _, _ = gsm8k_recipe.parse_args(
         ["--use_cpu", "true", "--bf16", "false", "--dataset_name", str(data), "--skip_invalid_rows", "true"]
@@ -416,3 +422,20 @@ def test_summary_after_fewer_steps_than_logging_steps(tmp_path, tiny_model_path,
     summary = json.loads((output_dir / "train_results.json").read_text())
     assert "train_runtime" in summary and None not in summary.values()
     assert (output_dir / "model.safetensors").is_file()
+
+
+def test_user_error_at_resume_prints_the_message_and_exits_2(tmp_path, tiny_model_path, monkeypatch, capsys):
+    """Issue 31: `--resume_from_checkpoint false` into an output_dir that holds a (real) checkpoint is refused with
+    one line on stderr and status 2, not a traceback around the message; nothing is trained or deleted."""
+    monkeypatch.chdir(tmp_path)
+    output_dir = tmp_path / "out"
+    main(tiny_run_args(tiny_model_path, output_dir, max_steps=1, save_strategy="steps", save_steps=1))
+    assert (output_dir / "checkpoint-1" / "trainer_state.json").is_file()
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(tiny_run_args(tiny_model_path, output_dir, resume_from_checkpoint="false"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trl-sapo-gsm8k: error: ") and "already holds 1 checkpoint(s)" in err
+    assert "Traceback" not in err and (output_dir / "checkpoint-1" / "trainer_state.json").is_file()

@@ -37,12 +37,12 @@ def explicit_keys(args: Sequence[str]) -> set[str]:
     return keys
 
 
-def parse_with_precision_defaults(parser, args: Sequence[str]):
-    """`parser.parse_args_and_config(args)` with `precision_defaults()` as parser defaults; logs a warning naming the
-    defaults that were applied because neither the YAML nor the command line set them."""
+def parse_with_precision_defaults(parser, args: Sequence[str], **parse_kwargs):
+    """`parser.parse_args_and_config(args, **parse_kwargs)` with `precision_defaults()` as parser defaults; logs a
+    warning naming the defaults that were applied because neither the YAML nor the command line set them."""
     fallback = precision_defaults()
     parser.set_defaults(**fallback)
-    parsed = parser.parse_args_and_config(list(args))
+    parsed = parser.parse_args_and_config(list(args), **parse_kwargs)
     implicit = sorted(set(fallback) - explicit_keys(args))
     if implicit:
         logger.warning(

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -132,25 +131,16 @@ def check_args(script_args: GSM8KScriptArguments, training_args: SAPOConfig, mod
 def load_reward_funcs(
     names: list[str], max_completion_length: int | None = None, soft_punish_cache: int | None = None
 ) -> list:
-    """Registry names (trl_sapo.gsm8k.rewards.REWARD_NAMES) and dotted import paths, in order; the length arguments
-    configure the `overlong` reward."""
+    """Registry names (trl_sapo.gsm8k.rewards.REWARD_NAMES) and dotted import paths, in order, resolved and checked
+    like `trl-sapo grpo`'s (trl_sapo.cli.rewards); the length arguments configure the `overlong` reward."""
+    from ..cli.rewards import resolve_reward_funcs
     from .rewards import REWARD_NAMES, get_reward_funcs
 
-    funcs = []
-    for name in names:
-        if name in REWARD_NAMES or "." not in name:
-            # clear error listing the valid names for unknown ones
-            funcs.extend(get_reward_funcs([name], max_completion_length, soft_punish_cache))
-            continue
-        module_name, attr = name.rsplit(".", 1)
-        sys.path.insert(0, os.getcwd())  # a reward module in the working directory, as with `python -m`
-        try:
-            funcs.append(getattr(importlib.import_module(module_name), attr))
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"Could not import reward function {name!r}: {err}") from err
-        finally:
-            sys.path.pop(0)
-    return funcs
+    registry = {
+        name: lambda name=name: get_reward_funcs([name], max_completion_length, soft_punish_cache)[0]
+        for name in REWARD_NAMES
+    }
+    return resolve_reward_funcs(names, registry)
 
 
 def resolve_system_prompt(system_prompt: str | None) -> str:
