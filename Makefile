@@ -40,7 +40,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py $(DEMO_ARGS)
+	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 # The README/design figure of SAPO's gate vs clipping (docs/figures/sapo_gates.{png,svg}).
 figures: $(STAMP)

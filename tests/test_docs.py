@@ -31,6 +31,7 @@ ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 OUTPUT_FLAGS = {"--output", "--output_dir", "--results_dir"}  # what follows is written, not read
 TRAIN_SCRIPTS = {"scripts/gsm8k_sapo.py"}
 TRAIN_MODULES = {"trl_sapo.gsm8k.train"}
+CHECKOUT_PACKAGES = {"tools", "benchmarks", "scripts"}  # importable from the repository root only (not in the wheel)
 
 
 # ---- extraction -----------------------------------------------------------------------------------------------------
@@ -116,14 +117,22 @@ def _stop_after_parse_args():
 
 
 def _run_until_parsed(target: str, argv: list[str], module: bool, monkeypatch) -> None:
-    """Run a script file or `-m` module in this process up to its `parse_args` call."""
+    """Run a script file or `-m` module in this process up to its `parse_args` call, with the import path that
+    command gets from the repository root: `python -m x.y` has the root on it; `python path/to/script.py` has only the
+    script's folder (and the installed `trl_sapo`), so a documented script file that needs the checkout's packages
+    fails here as it would for a user."""
     monkeypatch.setattr(sys, "argv", [target, *argv])
     if module:
         monkeypatch.delitem(sys.modules, target, raising=False)  # run it fresh, as `python -m` does
     else:
-        monkeypatch.syspath_prepend(str((REPO_ROOT / target).parent))  # as `python path/to/script.py` does
-    with _stop_after_parse_args(), pytest.raises((_Parsed, SystemExit)) as outcome:
+        root_free = [p for p in sys.path if p and Path(p).resolve() != REPO_ROOT.resolve()]
+        monkeypatch.setattr(sys, "path", [str((REPO_ROOT / target).parent), *root_free])
+        for name in [n for n in sys.modules if n.split(".")[0] in CHECKOUT_PACKAGES]:
+            monkeypatch.delitem(sys.modules, name)
+    with _stop_after_parse_args(), pytest.raises((_Parsed, SystemExit, ModuleNotFoundError)) as outcome:
         runpy.run_module(target, run_name="__main__") if module else runpy.run_path(target, run_name="__main__")
+    if outcome.type is ModuleNotFoundError:
+        pytest.fail(f"`python {target}` cannot import {outcome.value.name!r}: document it as `python -m <module>`")
     if outcome.type is SystemExit:
         assert outcome.value.code in (0, None), f"{target} {' '.join(argv)}: argument parsing failed"
 
@@ -140,8 +149,9 @@ def _parse_training(argv: list[str]) -> None:
 def _parse_eval(argv: list[str]) -> None:
     from trl import TrlParser
 
-    namespace = runpy.run_path(str(REPO_ROOT / "scripts" / "gsm8k_eval.py"), run_name="gsm8k_eval_docs")
-    TrlParser([namespace["EvalArguments"]]).parse_args_and_config(argv)
+    from scripts.gsm8k_eval import EvalArguments
+
+    TrlParser([EvalArguments]).parse_args_and_config(argv)
 
 
 def _check_python(words: list[str], monkeypatch) -> None:

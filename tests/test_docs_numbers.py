@@ -3,20 +3,17 @@ the words that rank two arms follow the paired interval."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pytest
-from helpers import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
 def docs_numbers():
-    spec = importlib.util.spec_from_file_location("docs_numbers", REPO_ROOT / "benchmarks" / "docs_numbers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import docs_numbers
+
+    return docs_numbers
 
 
 def test_generated_blocks_match_the_committed_json(docs_numbers, capsys):
@@ -87,9 +84,8 @@ def test_demo_seed_blocks_render_from_a_seed_study(docs_numbers, tmp_path, monke
         summary = {"subsets": subsets, "threads": os.cpu_count(), "wall_time_s": {"total": 700.0}, "training": {}}
         (run_dir / "summary.json").write_text(json.dumps({**summary, "recipe_sha256": "f00"}))
     results = tmp_path / "results"
-    spec = importlib.util.spec_from_file_location("demo_seeds", REPO_ROOT / "benchmarks" / "demo_seeds.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    from benchmarks import demo_seeds as study
+
     study.main(["--seeds", "0", "1", "2", "--report_only", "--output_dir", str(tmp_path / "runs"),
                 "--results_dir", str(results)])  # fmt: skip
     monkeypatch.setattr(docs_numbers, "RESULTS", results)

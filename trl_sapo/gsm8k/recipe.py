@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -143,14 +145,28 @@ def load_reward_funcs(
             funcs.extend(get_reward_funcs([name], max_completion_length, soft_punish_cache))
             continue
         module_name, attr = name.rsplit(".", 1)
-        sys.path.insert(0, os.getcwd())  # a reward module in the working directory, as with `python -m`
         try:
-            funcs.append(getattr(importlib.import_module(module_name), attr))
+            funcs.append(getattr(_import_from_working_directory(module_name), attr))
         except (ImportError, AttributeError) as err:
             raise ValueError(f"Could not import reward function {name!r}: {err}") from err
-        finally:
-            sys.path.pop(0)
     return funcs
+
+
+def _import_from_working_directory(module_name: str):
+    """Import `module_name`, its top-level module or package looked up in the working directory first, as
+    `python -m` does, without editing `sys.path` (which would leak the working directory into every later import)."""
+    top = module_name.split(".", 1)[0]
+    if top not in sys.modules:
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()])
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[top] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[top]
+                raise
+    return importlib.import_module(module_name)
 
 
 def resolve_system_prompt(system_prompt: str | None) -> str:
