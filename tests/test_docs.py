@@ -232,7 +232,9 @@ def check_command(words: list[str], made_dirs: set[str], monkeypatch) -> None:
         targets = [w for w in rest if "=" not in w]
         assert set(targets) <= _makefile_targets(), f"no such Makefile target: {set(targets) - _makefile_targets()}"
     elif program in ("pip", ".venv/bin/pip"):
-        assert rest[0] == "install", words
+        assert rest[0] in ("install", "wheel"), words
+        if rest[0] == "wheel":  # a wheel of this checkout: `pip wheel --no-deps -w DIR .`
+            assert rest[-1] == "." and "--no-deps" in rest, words
         for spec in rest[1:]:
             if match := re.search(r"\[([\w,-]+)\]", spec):
                 missing = set(match.group(1).split(",")) - _extras()
@@ -287,3 +289,27 @@ def test_documented_command(doc, block, words, monkeypatch):
             made.update(w for i, w in enumerate(earlier[1:], 1) if earlier[i - 1] in OUTPUT_FLAGS)
     monkeypatch.chdir(REPO_ROOT)
     check_command(words, made, monkeypatch)
+
+
+HAND_WRITTEN_COUNT = re.compile(r"\b\d[\d, ]*\s+(?:passed|failed|skipped|errors?|(?:slow |fast )?tests)\b")
+
+
+def hand_written_test_counts(text: str) -> list[str]:
+    """Test counts written in prose ('553 passed', '515 tests'): they go stale as tests are added (issue 31).
+    Numbers inside generated blocks (benchmarks/docs_numbers.py) are kept current by test_docs_numbers."""
+    from benchmarks.docs_numbers import BLOCK_RE
+
+    return HAND_WRITTEN_COUNT.findall(BLOCK_RE.sub("", text))
+
+
+def test_no_hand_written_test_counts():
+    assert hand_written_test_counts("(553 passed, 1 skipped: needs 2 GPUs) ... 1.0 minute (515 tests, 52 s)") == [
+        "553 passed",
+        "1 skipped",
+        "515 tests",
+    ]
+    assert hand_written_test_counts("<!-- generated:x -->\n587 passed\n<!-- /generated:x -->\n10 seeds, 3 tests") == [
+        "3 tests"
+    ]
+    found = {doc: hand_written_test_counts((REPO_ROOT / doc).read_text()) for doc in DOCS}
+    assert not {doc: counts for doc, counts in found.items() if counts}, "test counts written by hand drift"

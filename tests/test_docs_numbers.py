@@ -93,8 +93,9 @@ def test_demo_seed_blocks_render_from_a_seed_study(docs_numbers, tmp_path, monke
     assert "Over 2 training seeds" in short and "min +0.250, mean +0.312" in short and "max +0.375" in short
     assert "| operation + | 4 | 0.000 → 0.625 | +0.625 ± " in short
     assert "(per seed: +0.250, +0.375)" in short and f"min per run at {os.cpu_count()} threads." in short
-    assert "every seed gains >= +0.05: **yes**" in short and "no operation loses on average: **yes**" in short
+    assert "every seed gains" not in short  # the bar the recipe was chosen against is in results.md §2c (issue 29)
     full = docs_numbers.demo_seeds()
+    assert "| every seed gains >= +0.05 | yes |" in full and "| no operation loses on average | yes |" in full
     assert (
         "| seed | threads | before | after | gain |" in full
         and f"| every run at {os.cpu_count()} threads <= 15 min | yes |" in full
