@@ -313,3 +313,32 @@ def test_no_hand_written_test_counts():
     ]
     found = {doc: hand_written_test_counts((REPO_ROOT / doc).read_text()) for doc in DOCS}
     assert not {doc: counts for doc, counts in found.items() if counts}, "test counts written by hand drift"
+
+
+def test_design_tau_table_is_what_gradient_weight_computes():
+    """docs/design.md's τ table (the w >= 0.5 band, max w and where, f(1) = 2/τ): every number, at the precision it is
+    written with, is what `loss.gradient_weight` gives on a fine grid of r (issue 31: max w at τ = 1 is 1.5747)."""
+    import math
+
+    import torch
+
+    from trl_sapo.loss import SOFT_CLIP_THRESHOLD, gradient_weight
+
+    def same(written: str, value: float) -> bool:
+        decimals = len(written.split(".")[1]) if "." in written else 0
+        return f"{value:.{decimals}f}" == written
+
+    text = (REPO_ROOT / "docs" / "design.md").read_text()
+    rows = re.findall(
+        r"^\s*\| ([\d.]+)[^|]*\| \[([\d.]+), ([\d.]+)\] \| ([\d.]+) \(([\d.]+)\) \| ([\d.]+) \|$", text, re.M
+    )
+    assert len(rows) >= 5, "τ table not found in docs/design.md"
+    log_r = torch.linspace(math.log(0.05), math.log(50.0), 2_000_001, dtype=torch.float64)
+    r = log_r.exp()
+    for tau, low, high, w_max, r_max, gate_at_1 in rows:
+        w = gradient_weight(log_r, float(tau)).double()
+        active = (w >= SOFT_CLIP_THRESHOLD).nonzero()
+        computed = [(low, r[active[0]]), (high, r[active[-1]]), (w_max, w.max()), (r_max, r[w.argmax()])]
+        for written, value in computed:
+            assert same(written, value.item()), f"τ = {tau}: table says {written}, computed {value.item():.4f}"
+        assert same(gate_at_1, 2 / float(tau)), f"τ = {tau}: f(1) = {2 / float(tau):.4f}, table says {gate_at_1}"
