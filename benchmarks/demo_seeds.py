@@ -38,8 +38,8 @@ def run_seed(seed: int, output_dir: Path, threads: int, recipe: Path = RECIPE) -
             demo_args += f" --recipe {recipe}"
         command = ["make", "-s", "demo", f"DEMO_ARGS={demo_args}"]
         print(f"== OMP_NUM_THREADS={threads} " + " ".join(command), flush=True)
-        # A fixed thread count: left to itself, the demo counts the cores the load average calls idle, and right
-        # after the previous seed's run that load is still there (seeds then ran at 1 thread instead of 2).
+        # A fixed thread count: left to itself, the demo takes the cores idle when it starts, which another job
+        # on the machine can change from one seed to the next; the seeds' wall times should be comparable.
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run(command, cwd=REPO_ROOT, check=True, env=env)
     return json.loads(summary_path.read_text())
