@@ -255,8 +255,17 @@ def check_throughput(ctx: Context) -> dict:
 def check_loss_overhead(ctx: Context) -> dict:
     out = ctx.work_dir / "loss_overhead.json"
     run_command(ctx, loss_overhead_command(out), "loss-overhead")
-    result = json.loads(out.read_text())
-    return {"ratios": json.dumps(result.get("ratios", result.get("summary", {})))[:300]}
+    return loss_overhead_summary(json.loads(out.read_text()))
+
+
+def loss_overhead_summary(result: dict) -> dict:
+    """SAPOTrainer / GRPOTrainer(loss_type="sapo") time and memory ratios from benchmarks/loss_overhead.py's JSON."""
+    entry = result["trainer"][0]
+    return {
+        "time_ratio_vs_trl_sapo": entry["time_ratio"]["sapo/trl_sapo"],
+        "memory_ratio_vs_trl_sapo": entry["memory_ratio"]["sapo/trl_sapo"],
+        "isolated_time_ratio_vs_trl_sapo": result["isolated"]["time_ratio"]["sapo/trl_sapo"],
+    }
 
 
 def loss_overhead_command(out: Path) -> list[str]:

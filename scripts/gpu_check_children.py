@@ -21,9 +21,9 @@ def _length_reward(completions, **kwargs) -> list[float]:
     return [-len(str(c)) / 1000.0 for c in completions]
 
 
-def _common_config(output_dir: Path, steps: int) -> dict:
+def _common_config(output_dir: Path, steps: int, device: str = "cuda") -> dict:
     return dict(
-        output_dir=str(output_dir), bf16=True, max_steps=steps, per_device_train_batch_size=8, num_generations=8,
+        output_dir=str(output_dir), bf16=device == "cuda", use_cpu=device == "cpu", max_steps=steps, per_device_train_batch_size=8, num_generations=8,
         steps_per_generation=2, max_completion_length=128, logging_steps=1, report_to="none", save_strategy="no",
         seed=0, gradient_checkpointing=True, learning_rate=1e-6, beta=0.0,
     )  # fmt: skip
@@ -43,13 +43,14 @@ class _Timer:
                 import torch
 
                 if logs and "num_tokens" in logs:
-                    torch.cuda.synchronize()
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
                     self.marks.append((time.perf_counter(), logs["num_tokens"]))
 
         return Timer()
 
 
-def throughput(model_dir: Path, work_dir: Path, steps: int) -> dict:
+def throughput(model_dir: Path, work_dir: Path, steps: int, device: str = "cuda") -> dict:
     """SAPOTrainer and GRPOTrainer(loss_type="sapo") one after the other on the same prompts, seed and settings:
     tokens/s after the first step (warm-up) and peak allocated GPU memory of each; the ratio is the result."""
     import gc
@@ -65,21 +66,28 @@ def throughput(model_dir: Path, work_dir: Path, steps: int) -> dict:
     result = {}
     arms = {"sapo": (SAPOTrainer, SAPOConfig, {}), "trl_sapo": (GRPOTrainer, GRPOConfig, {"loss_type": "sapo"})}
     for arm, (trainer_cls, config_cls, extra) in arms.items():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda()
-        config = config_cls(**_common_config(work_dir / f"throughput-{arm}", max(steps, 1) + 3), **extra)
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+        config = config_cls(**_common_config(work_dir / f"throughput-{arm}", max(steps, 1) + 3, device), **extra)
         timer = _Timer()
         trainer = trainer_cls(model=model, reward_funcs=_length_reward, args=config, train_dataset=dataset,
                               processing_class=tokenizer, callbacks=[timer])  # fmt: skip
-        torch.cuda.reset_peak_memory_stats()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         trainer.train()
+        if len(timer.marks) < 2:
+            raise AssertionError(f"{arm}: num_tokens was logged {len(timer.marks)} time(s); need 2 to time steps")
         (t0, n0), (t1, n1) = timer.marks[0], timer.marks[-1]
         result[f"{arm}_tokens_per_s"] = (n1 - n0) / (t1 - t0)
-        result[f"{arm}_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if device == "cuda":
+            result[f"{arm}_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         del trainer, model
         gc.collect()
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
     result["tokens_per_s_ratio_sapo_over_trl"] = result["sapo_tokens_per_s"] / result["trl_sapo_tokens_per_s"]
-    result["peak_mem_ratio_sapo_over_trl"] = result["sapo_peak_mem_gib"] / result["trl_sapo_peak_mem_gib"]
+    if device == "cuda":
+        result["peak_mem_ratio_sapo_over_trl"] = result["sapo_peak_mem_gib"] / result["trl_sapo_peak_mem_gib"]
     return result
 
 

@@ -251,3 +251,23 @@ def test_wheel_set_check_refuses_duplicates_other_versions_and_other_platforms(t
                                 wanted)  # fmt: skip
     with pytest.raises(SystemExit, match="missing or at other versions"):
         gpu_wheels.check_wheels(wheel_set(*good), wanted)  # no trl-sapo wheel
+
+
+def test_loss_overhead_summary_reads_the_benchmark_json():
+    committed = json.loads((REPO_ROOT / "docs" / "results" / "loss_overhead.json").read_text())
+    summary = gpu_check.loss_overhead_summary(committed)
+    assert set(summary) == {"time_ratio_vs_trl_sapo", "memory_ratio_vs_trl_sapo", "isolated_time_ratio_vs_trl_sapo"}
+    assert all(isinstance(v, float) and v > 0 for v in summary.values())
+
+
+@pytest.mark.slow
+def test_throughput_child_on_cpu(tmp_path, tiny_model_path):
+    """The throughput check's trainers, callbacks and arithmetic on a tiny model on CPU (no memory figures there)."""
+    from scripts.gpu_check_children import throughput
+
+    torch.set_num_threads(1)
+    result = throughput(tiny_model_path, tmp_path, steps=1, device="cpu")
+    assert result["sapo_tokens_per_s"] > 0 and result["trl_sapo_tokens_per_s"] > 0
+    assert result["tokens_per_s_ratio_sapo_over_trl"] == pytest.approx(
+        result["sapo_tokens_per_s"] / result["trl_sapo_tokens_per_s"]
+    )
