@@ -67,6 +67,7 @@ class Context:
     steps: int = 2
     timeout_s: float = 240.0
     env: dict = field(default_factory=dict)
+    deadline: float = math.inf  # time.monotonic() after which a running command is stopped
 
 
 @dataclass
@@ -101,6 +102,7 @@ def run_checks(checks: list[Check], ctx: Context, budget_s: float, clock=time.mo
         if began - start > budget_s:
             result.update(status="SKIP", error=f"time budget ({budget_s:.0f} s) spent before this check started")
         else:
+            print(f"[RUN] {item.name}: {item.description}", flush=True)
             try:
                 result["details"] = item.func(ctx) or {}
             except Skip as skip:
@@ -150,7 +152,7 @@ def run_command(ctx: Context, command: list[str], log_name: str) -> str:
     log = ctx.work_dir / f"{log_name}.log"
     with open(log, "w") as out:
         proc = subprocess.run(command, cwd=REPO_ROOT, env=ctx.env or None, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=ctx.timeout_s)  # fmt: skip
+                              timeout=max(1.0, min(ctx.timeout_s, ctx.deadline - time.monotonic())))  # fmt: skip
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {' '.join(command[:6])} ...; log {log}:\n{text[-1500:]}")
@@ -214,6 +216,8 @@ def run_child(ctx: Context, name: str) -> dict:
 # ---- the checks -----------------------------------------------------------------------------------------------------
 
 QWEN_RECIPE = "recipes/qwen2.5-0.5b-instruct_sapo.yaml"
+LORA_RECIPE = "recipes/qwen2.5-0.5b-instruct_sapo_lora.yaml"
+GRACE_S = 60.0  # after --budget_s no check starts; GRACE_S later a running command is stopped
 
 
 def installed(package: str) -> bool:
@@ -234,7 +238,7 @@ def check_bf16_vllm(ctx: Context) -> dict:
 
 @check("lora", "the LoRA recipe: train, checkpoint, resume")
 def check_lora(ctx: Context) -> dict:
-    return train_and_resume(ctx, "lora", "recipes/qwen2.5-0.5b-instruct_sapo_lora.yaml")
+    return train_and_resume(ctx, "lora", LORA_RECIPE)
 
 
 @check("zero2", "DeepSpeed ZeRO-2 in one process under accelerate launch: train, checkpoint, resume")
@@ -327,7 +331,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokenizer", type=Path, default=None, help=f"tokenizer of the random model (default "
                    f"{DEFAULT_TOKENIZER.relative_to(REPO_ROOT)}, else {FALLBACK_TOKENIZER.relative_to(REPO_ROOT)})")  # fmt: skip
     p.add_argument("--steps", type=int, default=2, help="optimizer steps before the checkpoint (>= 1)")
-    p.add_argument("--budget_s", type=float, default=420.0, help="start no check after this many seconds")
+    p.add_argument("--budget_s", type=float, default=420.0,
+                   help=f"start no check after this many seconds; stop a running one {GRACE_S:.0f} s later")  # fmt: skip
     p.add_argument("--check_timeout_s", type=float, default=240.0, help="one command of a check is stopped after")
     p.add_argument("--work_dir", type=Path, default=None, help="scratch folder (default a temporary one)")
     p.add_argument("--child", choices=sorted(CHILD_CHECKS), help="internal: run one in-process check in this process")
@@ -361,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = args.tokenizer or (DEFAULT_TOKENIZER if DEFAULT_TOKENIZER.is_dir() else FALLBACK_TOKENIZER)
     model_dir, model_note = prepare_model(args.model, tokenizer, work_dir)
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    ctx = Context(work_dir, model_dir, args.steps, args.check_timeout_s, env={**os.environ, "PYTHONPATH": pythonpath})
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    deadline = time.monotonic() + args.budget_s + GRACE_S  # a check started late is stopped here
+    ctx = Context(work_dir, model_dir, args.steps, args.check_timeout_s, env=env, deadline=deadline)
     checks = [CHECKS[name] for name in (args.only or CHECKS)]
     results = run_checks(checks, ctx, args.budget_s)
     meta = {

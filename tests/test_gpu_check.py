@@ -108,6 +108,12 @@ def test_a_failing_command_fails_its_check_with_the_log_tail(tmp_path):
     assert [r["status"] for r in results] == ["FAIL", "FAIL", "PASS"]
     assert "exit 3" in results[0]["error"] and "loading" in results[0]["error"]
     assert "TimeoutExpired" in results[1]["error"]
+    import time
+
+    past_deadline = _ctx(tmp_path, timeout_s=100, deadline=time.monotonic() + 1)  # the run's deadline comes first
+    began = time.monotonic()
+    assert gpu_check.run_checks([Check("hang", "", times_out)], past_deadline, budget_s=60)[0]["status"] == "FAIL"
+    assert time.monotonic() - began < 10
 
 
 def test_training_log_check():
@@ -196,15 +202,17 @@ def test_random_stand_in_model_when_the_hub_is_unreachable(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_train_and_resume_end_to_end_on_cpu(tmp_path, tiny_model_path):
+@pytest.mark.parametrize("recipe", [gpu_check.QWEN_RECIPE, gpu_check.LORA_RECIPE])
+def test_train_and_resume_end_to_end_on_cpu(recipe, tmp_path, tiny_model_path):
     """The training checks' own flow, for real on a tiny model on CPU (float32, not bf16): two steps and a
-    checkpoint through scripts/gsm8k_sapo.py with the Qwen recipe, then the same command resumes for a third."""
+    checkpoint through scripts/gsm8k_sapo.py with the Qwen recipe (full and LoRA), then the same command resumes
+    for a third."""
     import os
 
     ctx = Context(tmp_path, tiny_model_path, steps=2, timeout_s=500,
                   env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
     cpu = ["--bf16", "false", "--dtype", "float32", "--use_cpu", "true", "--max_completion_length", "8"]
-    details = gpu_check.train_and_resume(ctx, "cpu", gpu_check.QWEN_RECIPE, extra=cpu)
+    details = gpu_check.train_and_resume(ctx, "cpu", recipe, extra=cpu)
     assert details["resumed_to_step"] == 3 and details["sapo_metrics"] >= 4
     assert "Resuming from" in (tmp_path / "cpu-resume.log").read_text()
 
