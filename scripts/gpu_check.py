@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -150,9 +151,16 @@ def run_command(ctx: Context, command: list[str], log_name: str) -> str:
     """Run a command from the repository root with the check's environment and timeout; its output goes to a log
     file in the work folder; a non-zero exit raises with the log's tail."""
     log = ctx.work_dir / f"{log_name}.log"
-    with open(log, "w") as out:
-        proc = subprocess.run(command, cwd=REPO_ROOT, env=ctx.env or None, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=max(1.0, min(ctx.timeout_s, ctx.deadline - time.monotonic())))  # fmt: skip
+    timeout = max(1.0, min(ctx.timeout_s, ctx.deadline - time.monotonic()))
+    with open(log, "w") as out:  # own session: a timeout kills the launcher's workers too, freeing the GPU
+        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=ctx.env or None, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
     text = log.read_text(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {' '.join(command[:6])} ...; log {log}:\n{text[-1500:]}")

@@ -116,6 +116,22 @@ def test_a_failing_command_fails_its_check_with_the_log_tail(tmp_path):
     assert time.monotonic() - began < 10
 
 
+def test_a_timeout_also_stops_the_commands_workers(tmp_path):
+    """A launcher's worker processes (accelerate launch -> training) die with it, so the GPU is free for the next."""
+    import time
+    from pathlib import Path
+
+    pid_file = tmp_path / "worker.pid"
+    spawn = ("import subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+             f" open({str(pid_file)!r}, 'w').write(str(w.pid)); time.sleep(60)")  # fmt: skip
+    with pytest.raises(Exception, match="timed out"):
+        gpu_check.run_command(_ctx(tmp_path, timeout_s=3), [sys.executable, "-c", spawn], "launcher")
+    worker = int(pid_file.read_text())
+    time.sleep(0.5)
+    status = Path(f"/proc/{worker}/status")  # gone, or a zombie nobody reaped yet: not running
+    assert not status.exists() or "State:\tZ" in status.read_text(), "the worker outlived the timeout"
+
+
 def test_training_log_check():
     good = {"global_step": 2, "log_history": [{"loss": 0.1, "sapo/gate_mean": 0.9}, {"loss": 0.2}, {"train_loss": 1}]}
     assert gpu_check.check_training_log(good) == {"losses": [0.1, 0.2], "sapo_metrics": ["sapo/gate_mean"],
