@@ -91,19 +91,25 @@ def throughput(model_dir: Path, work_dir: Path, steps: int, device: str = "cuda"
     return result
 
 
-def async_trainer(model_dir: Path, work_dir: Path, steps: int) -> dict:
-    """AsyncSAPOTrainer built as SAPOTrainer is (model, reward_funcs, args, train_dataset) for a few steps."""
+def async_trainer(model_dir: Path, work_dir: Path, steps: int, device: str = "cuda") -> dict:
+    """AsyncSAPOTrainer (its transformers rollout worker: vLLM is not carried to the GPU machine) for a few steps, as
+    its own tests build it: the model as a path, an AsyncSAPOConfig, plain-text prompts."""
     import math
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from datasets import Dataset
 
-    from trl_sapo import AsyncSAPOTrainer, SAPOConfig
+    from trl_sapo import AsyncSAPOConfig, AsyncSAPOTrainer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda()
-    config = SAPOConfig(**_common_config(work_dir / "async", steps + 1))
-    trainer = AsyncSAPOTrainer(model=model, reward_funcs=_length_reward, args=config, train_dataset=_prompts(64),
-                               processing_class=AutoTokenizer.from_pretrained(model_dir))  # fmt: skip
+    config = AsyncSAPOConfig(
+        output_dir=str(work_dir / "async"), bf16=device == "cuda", use_cpu=device == "cpu", max_steps=steps + 1,
+        per_device_train_batch_size=8, num_generations=8, max_completion_length=64, logging_steps=1,
+        report_to="none", save_strategy="no", learning_rate=1e-6, gradient_checkpointing=False,
+        rollout_backend="transformers",
+    )  # fmt: skip
+    from trl_sapo.gsm8k.synthetic import generate_problems
+
+    prompts = Dataset.from_dict({"prompt": generate_problems(32, seed=0)["question"]})
+    trainer = AsyncSAPOTrainer(str(model_dir), _length_reward, args=config, train_dataset=prompts)
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     if not losses or not all(math.isfinite(x) for x in losses):
