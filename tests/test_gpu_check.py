@@ -89,6 +89,22 @@ def test_one_failure_is_reported_and_the_next_checks_run(tmp_path, capsys):
     assert loaded["gpu"] == "test" and [r["name"] for r in loaded["results"]] == ["a", "b", "c", "d"]
 
 
+def test_main_prints_the_table_writes_the_json_and_exits_1_on_a_failure(tmp_path, monkeypatch, capsys):
+    """The whole command with the GPU and the checks faked: --only picks checks, the report is written, FAIL -> 1."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
+    monkeypatch.setattr(gpu_check, "prepare_model", lambda model, tokenizer, work_dir: (work_dir, "fake model"))
+    monkeypatch.setattr(gpu_check, "CHECKS", {c.name: c for c in _registry()})
+    output = tmp_path / "report.json"
+    argv = ["--output", str(output), "--work_dir", str(tmp_path / "work")]
+    assert gpu_check.main([*argv, "--only", "a", "c"]) == 0  # PASS and SKIP: success
+    report = json.loads(output.read_text())
+    assert [r["status"] for r in report["results"]] == ["PASS", "SKIP"] and report["gpu"] == "Fake GPU"
+    assert report["model"] == "fake model" and report["versions"]["trl"] and "| a | PASS |" in capsys.readouterr().out
+    assert gpu_check.main(argv) == 1  # all four, one FAIL
+    assert [r["status"] for r in json.loads(output.read_text())["results"]] == ["PASS", "FAIL", "SKIP", "PASS"]
+
+
 def test_checks_past_the_budget_are_skipped(tmp_path):
     ticks = iter([0.0, 0.0, 5.0, 5.0, 100.0, 100.0, 200.0, 200.0])
     results = gpu_check.run_checks(_registry(), _ctx(tmp_path), budget_s=50, clock=lambda: next(ticks))
