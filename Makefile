@@ -10,8 +10,13 @@ STAMP := $(VENV)/.installed
 SMOLLM2 := models/SmolLM2-135M-Instruct/config.json
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+GPU_CHECK_ARGS ?=
+# gpu-check runs where `make setup` may be impossible (an offline GPU machine): the venv's python if there is one,
+# else python3 with the wheels of `make gpu-wheels` (for python 3.12) from .gpu/ when that folder is there.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_WHEELS := $(if $(wildcard $(PY)),,$(wildcard .gpu/wheels))
 
-.PHONY: setup smollm2 slurm-setup test test-fast demo figures lint format clean
+.PHONY: setup smollm2 slurm-setup test test-fast demo gpu-wheels gpu-check figures lint format clean
 
 setup: $(STAMP) $(SMOLLM2)
 
@@ -40,7 +45,22 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) scripts/demo.py $(DEMO_ARGS)
+	$(PY) -m scripts.demo $(DEMO_ARGS)
+
+# Every GPU path (bf16, vLLM, LoRA, ZeRO-2, throughput vs TRL, CUDA loss overhead) in <= 8 min on one CUDA GPU:
+# PASS/FAIL/SKIP table + docs/results/gpu_check.json (`python -m scripts.gpu_check --help`). With a .gpu/ folder
+# from `make gpu-wheels` its wheels are installed into .gpu/site first (no network needed); refuses without CUDA.
+gpu-check:
+	@$(GPU_PYTHON) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 2)" || \
+		{ echo "gpu-check needs a CUDA GPU: torch.cuda.is_available() is False; nothing was run." >&2; exit 2; }
+	$(if $(GPU_WHEELS),$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --upgrade \
+		--target .gpu/site .gpu/wheels/*.whl)
+	PYTHONPATH="$(CURDIR)$(if $(GPU_WHEELS),:$(CURDIR)/.gpu/site)$${PYTHONPATH:+:$$PYTHONPATH}" \
+		$(GPU_PYTHON) -m scripts.gpu_check $(GPU_CHECK_ARGS)
+
+# The wheels gpu-check needs on an offline GPU machine (python 3.12), built here into .gpu/ (git-ignored, < 56 MiB).
+gpu-wheels: $(STAMP) $(SMOLLM2)
+	$(PY) -m scripts.gpu_wheels
 
 # The README/design figure of SAPO's gate vs clipping (docs/figures/sapo_gates.{png,svg}).
 figures: $(STAMP)

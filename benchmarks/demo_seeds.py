@@ -8,9 +8,9 @@ max, 95 % t-interval), per-operation mean gains, wall times, and the checks of i
 >= +0.10 with an interval excluding 0, no operation losing on average, <= 15 min per run). Results:
 docs/results/demo_seeds.{json,md}; scripts/demo.py reads the JSON to say where its own gain falls.
 
-    nice python benchmarks/demo_seeds.py --seeds 0 1 2 3 4                        # ~11 min per seed on 2 cores
-    python benchmarks/demo_seeds.py --seeds 0 1 2 3 4 --report_only               # redraw docs/results/demo_seeds.md
-    nice python benchmarks/demo_seeds.py --recipe my.yaml --output_dir out/my --results_dir out/my   # a candidate
+    nice python -m benchmarks.demo_seeds --seeds 0 1 2 3 4                        # ~11 min per seed on 2 cores
+    python -m benchmarks.demo_seeds --seeds 0 1 2 3 4 --report_only               # redraw docs/results/demo_seeds.md
+    nice python -m benchmarks.demo_seeds --recipe my.yaml --output_dir out/my --results_dir out/my   # a candidate
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from tools.stats import mean_ci
 
-from tools.stats import mean_ci  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 RECIPE = REPO_ROOT / "recipes" / "smollm2-135m_cpu_demo.yaml"
 OVERALL = "all held-out problems"
@@ -40,8 +38,8 @@ def run_seed(seed: int, output_dir: Path, threads: int, recipe: Path = RECIPE) -
             demo_args += f" --recipe {recipe}"
         command = ["make", "-s", "demo", f"DEMO_ARGS={demo_args}"]
         print(f"== OMP_NUM_THREADS={threads} " + " ".join(command), flush=True)
-        # A fixed thread count: left to itself, the demo counts the cores the load average calls idle, and right
-        # after the previous seed's run that load is still there (seeds then ran at 1 thread instead of 2).
+        # A fixed thread count: left to itself, the demo takes the cores idle when it starts, which another job
+        # on the machine can change from one seed to the next; the seeds' wall times should be comparable.
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run(command, cwd=REPO_ROOT, check=True, env=env)
     return json.loads(summary_path.read_text())

@@ -6,8 +6,8 @@ interval mechanically (:func:`verdict`): an interval that excludes 0 names the a
 "not separable". `--check` changes nothing and exits 1 when a block differs from what the JSON gives (a test runs
 it, so text and data cannot drift).
 
-    python benchmarks/docs_numbers.py            # rewrite the blocks after a study or a report change
-    python benchmarks/docs_numbers.py --check    # what tests/test_docs_numbers.py runs
+    python -m benchmarks.docs_numbers            # rewrite the blocks after a study or a report change
+    python -m benchmarks.docs_numbers --check    # what tests/test_docs_numbers.py runs
 """
 
 from __future__ import annotations
@@ -21,14 +21,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tools.stats import mean_ci, t95
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "docs" / "results"
 DOCS = (REPO_ROOT / "README.md", REPO_ROOT / "docs" / "results.md")
 BLOCK_RE = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-sys.path.insert(0, str(REPO_ROOT))  # the checkout's tools/ package
-
-from tools.stats import mean_ci, t95  # noqa: E402
 
 
 def verdict(diff: dict, arm: str, base: str = "GRPO", higher_is_better: bool = True) -> str:
@@ -69,7 +67,7 @@ def _load(name: str) -> dict | None:
 
 def _study(name: str) -> tuple[dict, list[dict]] | None:
     """(aggregate by regime, runs) of a learning study JSON, summaries recomputed by benchmarks/learning.py."""
-    import learning
+    from benchmarks import learning
 
     data = _load(name)
     if data is None:
@@ -111,7 +109,7 @@ def copy_headline() -> str:
 
 
 def copy_tau() -> str:
-    import learning
+    from benchmarks import learning
 
     agg, _ = _study("learning_copy.json")
     block = agg["base"]
@@ -217,7 +215,7 @@ def _minutes(run: dict) -> str:
 
 def gsm8k_realism_status() -> str:
     """One paragraph: how many of the planned paired seeds each regime has, and what its held-out interval allows."""
-    import learning
+    from benchmarks import learning
 
     study = _study("learning_gsm8k.json")
     agg, runs = study if study is not None else ({}, [])
@@ -264,7 +262,7 @@ def _reading(gain: dict) -> str:
 
 
 def demo_seeds(short: bool = False) -> str:
-    import demo_seeds as study
+    from benchmarks import demo_seeds as study
 
     data = _load("demo_seeds.json")
     if data is None:
@@ -289,9 +287,8 @@ def demo_seeds(short: bool = False) -> str:
         + (f" ({'; '.join(others)})" if others else "")
         + "."
     )
-    if short:
-        checks = "; ".join(f"{name}: **{'yes' if met else 'no'}**" for name, met in agg["checks"].items())
-        lines = [headline, "", f"The bar this recipe was chosen against: {checks}.", "",
+    if short:  # the README's first screen: what a user's run is compared with (the bar is in results.md §2c)
+        lines = [headline, "",
                  "| held-out problems | n | accuracy before → after (mean over seeds) | mean gain ± 95 % CI | reading |",
                  "|---|---|---|---|---|"]  # fmt: skip
         n_by_row = data["runs"][0]["n_by_row"]
@@ -310,7 +307,7 @@ def rewards() -> str:
     data = _load("rewards.json")
     if data is None:
         return "*No reward benchmark recorded yet (docs/results/rewards.json is absent).*\n"
-    import rewards as reward_benchmark  # benchmarks/rewards.py
+    from benchmarks import rewards as reward_benchmark
 
     text = reward_benchmark.markdown(data)
     table = text[text.index("| set |") : text.index("\n\n", text.index("| set |"))]
@@ -459,7 +456,7 @@ def main(argv=None) -> int:
             if not args.check:
                 path.write_text(new)
     if args.check and stale:
-        print(f"out of date: {', '.join(map(str, stale))}; run python benchmarks/docs_numbers.py", file=sys.stderr)
+        print(f"out of date: {', '.join(map(str, stale))}; run python -m benchmarks.docs_numbers", file=sys.stderr)
         return 1
     print(("up to date: " if args.check or not stale else "rewrote: ") + ", ".join(map(str, stale or DOCS)))
     return 0

@@ -53,8 +53,6 @@ from pathlib import Path
 
 from trl_sapo.tools.offline import use_offline_mode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tools/ package
-
 use_offline_mode()
 
 import torch  # noqa: E402

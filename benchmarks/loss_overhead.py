@@ -24,9 +24,9 @@ Memory (separate, untimed pass, because tracking slows things):
 A second part times the policy-loss math alone (log-probs leaf → scalar loss → backward) at large B×T, where the
 model does not drown the difference: `trl_sapo.loss.sapo_per_token_loss` + `aggregate` vs TRL's formula.
 
-    python benchmarks/loss_overhead.py --smoke                      # < 60 s, tiny model
-    python benchmarks/loss_overhead.py --output docs/results/loss_overhead.json
-    python benchmarks/loss_overhead.py --device cuda --model random-1b --lengths 1024 4096 --batch_size 8
+    python -m benchmarks.loss_overhead --smoke                      # < 60 s, tiny model
+    python -m benchmarks.loss_overhead --output docs/results/loss_overhead.json
+    python -m benchmarks.loss_overhead --device cuda --model random-1b --lengths 1024 4096 --batch_size 8
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -45,16 +44,14 @@ from pathlib import Path
 
 from trl_sapo.tools.offline import use_offline_mode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tools/ package
-
 use_offline_mode()  # before transformers/datasets are imported
 
-import proto_gate  # noqa: E402  benchmarks/proto_gate.py: this script's folder is sys.path[0]
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
+from benchmarks import proto_gate  # noqa: E402
 from tools.models import random_llama  # noqa: E402
 from trl_sapo import SAPOConfig, SAPOTrainer  # noqa: E402
 from trl_sapo import loss as sapo_loss  # noqa: E402

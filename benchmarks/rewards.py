@@ -15,9 +15,9 @@ signal-based timeouts do not work there). The time of one call is measured insid
 run for hours in C code), records a timeout, and starts a fresh one for the next completion. Rewards: ours gets
 the GSM8K ``answer`` column (as in training), TRL's gets the reference number as ``solution``.
 
-    python benchmarks/rewards.py --generate                 # first run: ~1 000 completions (CPU: tens of minutes)
-    python benchmarks/rewards.py                            # -> docs/results/rewards.json + rewards.md
-    python benchmarks/rewards.py --smoke --output /tmp/rewards.json   # seconds; what tests run
+    python -m benchmarks.rewards --generate                 # first run: ~1 000 completions (CPU: tens of minutes)
+    python -m benchmarks.rewards                            # -> docs/results/rewards.json + rewards.md
+    python -m benchmarks.rewards --smoke --output /tmp/rewards.json   # seconds; what tests run
 """
 
 from __future__ import annotations
@@ -195,8 +195,7 @@ def adversarial_set(chars: int) -> list[dict]:
 
 
 def realistic_set(paths: list[Path], limit: int | None) -> list[dict]:
-    from _reward_completions import load
-
+    from benchmarks._reward_completions import load
     from trl_sapo.gsm8k.rewards import reference_answer
 
     rows = [row for path in paths for row in load(path)][:limit]
@@ -254,7 +253,7 @@ def markdown(result: dict) -> str:
         f"call; time measured inside the reward's own process; a call not done within {result['args']['timeout']} s "
         "is killed and counted as a timeout (its time is then that limit).",
         "",
-        f"Command: `{result.get('command', 'python benchmarks/rewards.py')}`",
+        f"Command: `{result.get('command', 'python -m benchmarks.rewards')}`",
         "",
         "Realistic set: SmolLM2-135M-Instruct samples (T = 0.8, at most 96 new tokens, the project's system prompt; "
         "`benchmarks/_reward_completions.py`) per source: "
@@ -318,12 +317,12 @@ def main(argv: list[str] | None = None) -> dict:
                 parser.error(
                     f"{COMPLETIONS} not found: run with --generate once (samples SmolLM2-135M-Instruct on CPU)"
                 )
-            from _reward_completions import generate
+            from benchmarks._reward_completions import generate
 
             generate(COMPLETIONS, str(REPO_ROOT / "models" / "SmolLM2-135M-Instruct"), str(REPO_ROOT.parent / "shared" / "data" / "gsm8k"), 500, 2, 96, 50)  # fmt: skip
         realistic = realistic_set(paths, args.num_realistic)
     sets = {"realistic": realistic, "adversarial": adversarial_set(args.adversarial_chars)}
-    command = " ".join(["python benchmarks/rewards.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m benchmarks.rewards", *(sys.argv[1:] if argv is None else argv)])
     result: dict = {"args": vars(args), "command": command, "sets": {}}
     result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"  # fmt: skip
     result["json_name"] = Path(args.output).name

@@ -10,7 +10,7 @@
    among the recipe's measured seeds (docs/results/demo_seeds.json). Everything is also written to
    `<output_dir>/summary.json`.
 
-    python scripts/demo.py            # what `make demo` runs; --seed / --max_steps / --num_eval_examples / --output_dir
+    python -m scripts.demo            # what `make demo` runs; --seed / --max_steps / --num_eval_examples / --output_dir
     make demo DEMO_ARGS="--seed 3"    # the same, another training seed
 """
 
@@ -34,20 +34,49 @@ from trl_sapo.tools.offline import use_offline_mode
 use_offline_mode()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # the checkout's tools/ package (SmolLM2 conversion, statistics)
 RECIPE = REPO_ROOT / "recipes" / "smollm2-135m_cpu_demo.yaml"
 SEED_STUDY = REPO_ROOT / "docs" / "results" / "demo_seeds.json"  # written by benchmarks/demo_seeds.py
 SAPO_METRICS = ("sapo/gate_mean", "sapo/grad_weight_mean", "sapo/soft_clip_ratio", "sapo/ratio_max")
 
 
-def pick_num_threads() -> int:
-    """Torch threads: the idle cores (>= 1); OMP_NUM_THREADS wins if set. On a busy machine several spinning OpenMP
-    threads per process are many times slower than one (measured: 8x for generation on 2 loaded cores)."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return int(os.environ["OMP_NUM_THREADS"])
-    cpus = os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cpus, round(cpus - busy)))
+def cpu_times(stat_path: str = "/proc/stat") -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs together from the `cpu` line of /proc/stat; None where there is none."""
+    try:
+        with open(stat_path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return ticks[3] + ticks[4], sum(ticks)
+
+
+def idle_cores(window_s: float = 1.0, read=cpu_times, sleep=time.sleep) -> float | None:
+    """Cores idle right now: the machine's idle share of CPU time over `window_s` seconds times its CPU count.
+    Unlike the load average (a 1-minute decaying mean), this does not still count a test suite that just ended."""
+    before = read()
+    sleep(window_s)
+    after = read()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (os.cpu_count() or 1) * (after[0] - before[0]) / (after[1] - before[1])
+
+
+def pick_num_threads(environ=os.environ, measure=idle_cores) -> tuple[int, str]:
+    """Torch threads and why: OMP_NUM_THREADS if set; otherwise the cores idle now (>= 1) of those this process may
+    use, or all of them where idle time cannot be read. On a busy machine several spinning OpenMP threads per process
+    are many times slower than one (measured: 8x for generation on 2 loaded cores)."""
+    if "OMP_NUM_THREADS" in environ:
+        value = environ["OMP_NUM_THREADS"]
+        if not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"OMP_NUM_THREADS={value!r}: expected a whole number of threads >= 1")
+        return int(value), "OMP_NUM_THREADS"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    idle = measure()
+    if idle is None:
+        return usable, "all cores (idle time not readable)"
+    return max(1, min(usable, round(idle))), f"{idle:.1f} of {os.cpu_count()} cores idle over 1 s"
 
 
 def evaluate_model(model_path: str, heldout: dict, recipe: dict, label: str) -> dict:
@@ -234,11 +263,14 @@ def main() -> None:
     from tools.models import prepare_smollm2
 
     started = time.time()
-    num_threads = pick_num_threads()
+    num_threads, thread_reason = pick_num_threads()
     torch.set_num_threads(num_threads)
     model_dir = Path(args.model_name_or_path) if args.model_name_or_path else prepare_smollm2()
     heldout = load_heldout_mix(args.num_eval_examples)
-    print(f"== SAPO demo: {model_dir.name}, {num_threads} CPU thread(s), output {args.output_dir} ==", flush=True)
+    print(
+        f"== SAPO demo: {model_dir.name}, {num_threads} CPU thread(s) ({thread_reason}), output {args.output_dir} ==",
+        flush=True,
+    )
     if Path(args.output_dir).exists():  # a demo is a fresh run: never resume or mix with an earlier demo
         shutil.rmtree(args.output_dir)
 

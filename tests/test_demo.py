@@ -3,7 +3,6 @@ and summary.json. (The real demo, SmolLM2 for 16 steps, takes ~11 minutes; its n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ def test_demo_runs_the_script_and_writes_a_summary(tmp_path, tiny_model_path):
     out = tmp_path / "demo"
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier demo")  # a demo is a fresh run: the folder is replaced
-    command = [sys.executable, "scripts/demo.py", "--model_name_or_path", str(tiny_model_path)]
+    command = [sys.executable, "-m", "scripts.demo", "--model_name_or_path", str(tiny_model_path)]
     command += ["--output_dir", str(out), "--max_steps", "2", "--num_eval_examples", "8", "--seed", "3"]
     env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -57,13 +56,6 @@ def test_demo_runs_the_script_and_writes_a_summary(tmp_path, tiny_model_path):
     }
 
 
-def _load(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO_ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _summary(seed: int, gains: dict[str, tuple[bool, bool]], digest: str = "abc") -> dict:
     """A scripts/demo.py summary.json with the given (before, after) outcomes per report row."""
     from tools.stats import paired_accuracy_diff
@@ -80,7 +72,8 @@ def _summary(seed: int, gains: dict[str, tuple[bool, bool]], digest: str = "abc"
 
 
 def test_seed_study_aggregates_and_checks(tmp_path, monkeypatch):
-    study = _load("benchmarks/demo_seeds.py")
+    from benchmarks import demo_seeds as study
+
     monkeypatch.setattr(study.os, "cpu_count", lambda: 2)  # the time limit counts runs on every core: 2 here
     improve, flat, worse = (
         [(False, True)] * 2 + [(True, True)] * 2,
@@ -123,7 +116,8 @@ def test_seed_study_aggregates_and_checks(tmp_path, monkeypatch):
 
 
 def test_demo_quotes_the_seed_study_only_for_its_own_recipe(tmp_path):
-    demo = _load("scripts/demo.py")
+    from scripts import demo
+
     path = tmp_path / "demo_seeds.json"
     runs = [{"gain": g} for g in (0.06, 0.10, 0.20)]
     study = {
@@ -163,7 +157,8 @@ def test_demo_evaluates_with_the_recipes_prompt_format(monkeypatch, recipe_keys,
 
     monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
     monkeypatch.setattr(evaluation, "load_model_for_eval", lambda *a, **k: (None, None))
-    demo = _load("scripts/demo.py")
+    from scripts import demo
+
     heldout = {"same kind as training": Dataset.from_dict({"question": ["1 + 1?"], "answer": ["#### 2"]})}
     demo.evaluate_model("unused", heldout, {"max_completion_length": 96, **recipe_keys}, "the base model")
     expected_prompt = SYSTEM_PROMPT if system_prompt == "DEFAULT" else system_prompt
@@ -174,7 +169,8 @@ def test_demo_evaluates_with_the_recipes_prompt_format(monkeypatch, recipe_keys,
 def test_seed_study_runs_a_candidate_recipe_through_make_demo_apart_from_the_demos_record(tmp_path, monkeypatch):
     """--recipe passes the candidate to `make demo`; without its own folders it is refused, so it cannot overwrite
     the record scripts/demo.py quotes."""
-    study = _load("benchmarks/demo_seeds.py")
+    from benchmarks import demo_seeds as study
+
     candidate = tmp_path / "candidate.yaml"
     candidate.write_text("max_completion_length: 96\n")
     with pytest.raises(SystemExit):
@@ -195,3 +191,52 @@ def test_seed_study_runs_a_candidate_recipe_through_make_demo_apart_from_the_dem
     )
     assert commands[0][:3] == ["make", "-s", "demo"] and f"--recipe {candidate}" in commands[0][-1]
     assert result["recipe"] == str(candidate) and (out / "demo_seeds.json").exists()
+
+
+def _stat_reader(*samples):
+    """A /proc/stat reader returning the given (idle, total) jiffies in turn."""
+    it = iter(samples)
+    return lambda: next(it)
+
+
+def test_demo_threads_follow_idle_cores_now_not_the_load_average(monkeypatch):
+    """`make test && make demo` on an idle machine: the suite has just raised the 1-minute load average, but the
+    cores are idle now, so the demo trains at the thread count a lone `make demo` gets (issue 29: it printed 1)."""
+    from scripts import demo
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 3.0, 1.0), raising=False)  # right after the test suite
+    cpus = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    idle_machine = _stat_reader((1000, 2000), (1000 + 100 * cpus, 2000 + 100 * cpus))  # 100 % idle over the window
+    after_tests = demo.idle_cores(read=idle_machine, sleep=lambda s: None)
+    lone = demo.idle_cores(read=_stat_reader((5, 10), (5 + 50 * cpus, 10 + 50 * cpus)), sleep=lambda s: None)
+    assert after_tests == lone == pytest.approx(cpus)
+    threads, why = demo.pick_num_threads(environ={}, measure=lambda: after_tests)
+    assert threads == usable and "idle" in why
+
+
+def test_demo_threads_on_a_busy_machine_and_overrides(monkeypatch):
+    from scripts import demo
+
+    cpus = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    busy = demo.idle_cores(read=_stat_reader((0, 0), (0, 100 * cpus)), sleep=lambda s: None)  # every core busy
+    assert busy == 0 and demo.pick_num_threads(environ={}, measure=lambda: busy)[0] == 1
+    assert demo.pick_num_threads(environ={}, measure=lambda: usable - 0.8)[0] == max(1, usable - 1)
+    assert demo.pick_num_threads(environ={}, measure=lambda: None) == (usable, "all cores (idle time not readable)")
+    assert demo.idle_cores(read=lambda: None, sleep=lambda s: None) is None
+    assert demo.pick_num_threads(environ={"OMP_NUM_THREADS": "3"}, measure=lambda: 0.0) == (3, "OMP_NUM_THREADS")
+    for bad in ("0", "two", ""):
+        with pytest.raises(SystemExit, match="OMP_NUM_THREADS"):
+            demo.pick_num_threads(environ={"OMP_NUM_THREADS": bad})
+
+
+def test_cpu_times_reads_the_aggregate_line(tmp_path):
+    from scripts import demo
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 50 2 25 400 10 1 1 0 0 0\n")
+    assert demo.cpu_times(str(stat)) == (820, 980)
+    assert demo.cpu_times(str(tmp_path / "missing")) is None
+    real = demo.cpu_times()
+    assert real is None or (0 <= real[0] <= real[1])

@@ -35,6 +35,7 @@ OUTPUT_FLAGS = {"--output", "--output_dir", "--results_dir"}  # what follows is 
 TRAIN_SCRIPTS = {"scripts/gsm8k_sapo.py"}
 TRAIN_MODULES = {"trl_sapo.gsm8k.train"}
 GRPO_MODULES = {"trl_sapo.cli.grpo"}  # `trl-sapo grpo`
+CHECKOUT_PACKAGES = {"tools", "benchmarks", "scripts"}  # importable from the repository root only (not in the wheel)
 
 
 # ---- extraction -----------------------------------------------------------------------------------------------------
@@ -120,14 +121,22 @@ def _stop_after_parse_args():
 
 
 def _run_until_parsed(target: str, argv: list[str], module: bool, monkeypatch) -> None:
-    """Run a script file or `-m` module in this process up to its `parse_args` call."""
+    """Run a script file or `-m` module in this process up to its `parse_args` call, with the import path that
+    command gets from the repository root: `python -m x.y` has the root on it; `python path/to/script.py` has only the
+    script's folder (and the installed `trl_sapo`), so a documented script file that needs the checkout's packages
+    fails here as it would for a user."""
     monkeypatch.setattr(sys, "argv", [target, *argv])
     if module:
         monkeypatch.delitem(sys.modules, target, raising=False)  # run it fresh, as `python -m` does
     else:
-        monkeypatch.syspath_prepend(str((REPO_ROOT / target).parent))  # as `python path/to/script.py` does
-    with _stop_after_parse_args(), pytest.raises((_Parsed, SystemExit)) as outcome:
+        root_free = [p for p in sys.path if p and Path(p).resolve() != REPO_ROOT.resolve()]
+        monkeypatch.setattr(sys, "path", [str((REPO_ROOT / target).parent), *root_free])
+        for name in [n for n in sys.modules if n.split(".")[0] in CHECKOUT_PACKAGES]:
+            monkeypatch.delitem(sys.modules, name)
+    with _stop_after_parse_args(), pytest.raises((_Parsed, SystemExit, ModuleNotFoundError)) as outcome:
         runpy.run_module(target, run_name="__main__") if module else runpy.run_path(target, run_name="__main__")
+    if outcome.type is ModuleNotFoundError:
+        pytest.fail(f"`python {target}` cannot import {outcome.value.name!r}: document it as `python -m <module>`")
     if outcome.type is SystemExit:
         assert outcome.value.code in (0, None), f"{target} {' '.join(argv)}: argument parsing failed"
 
@@ -157,8 +166,9 @@ def _parse_grpo(argv: list[str]) -> None:
 def _parse_eval(argv: list[str]) -> None:
     from trl import TrlParser
 
-    namespace = runpy.run_path(str(REPO_ROOT / "scripts" / "gsm8k_eval.py"), run_name="gsm8k_eval_docs")
-    TrlParser([namespace["EvalArguments"]]).parse_args_and_config(argv)
+    from scripts.gsm8k_eval import EvalArguments
+
+    TrlParser([EvalArguments]).parse_args_and_config(argv)
 
 
 def _check_python(words: list[str], monkeypatch) -> None:
@@ -244,7 +254,9 @@ def check_command(words: list[str], made_dirs: set[str], monkeypatch) -> None:
         targets = [w for w in rest if "=" not in w]
         assert set(targets) <= _makefile_targets(), f"no such Makefile target: {set(targets) - _makefile_targets()}"
     elif program in ("pip", ".venv/bin/pip"):
-        assert rest[0] == "install", words
+        assert rest[0] in ("install", "wheel"), words
+        if rest[0] == "wheel":  # a wheel of this checkout: `pip wheel --no-deps -w DIR .`
+            assert rest[-1] == "." and "--no-deps" in rest, words
         for spec in rest[1:]:
             if match := re.search(r"\[([\w,-]+)\]", spec):
                 missing = set(match.group(1).split(",")) - _extras()
@@ -299,3 +311,80 @@ def test_documented_command(doc, block, words, monkeypatch):
             made.update(w for i, w in enumerate(earlier[1:], 1) if earlier[i - 1] in OUTPUT_FLAGS)
     monkeypatch.chdir(REPO_ROOT)
     check_command(words, made, monkeypatch)
+
+
+HAND_WRITTEN_COUNT = re.compile(r"\b\d[\d, ]*\s+(?:passed|failed|skipped|errors?|(?:slow |fast )?tests)\b")
+
+
+def hand_written_test_counts(text: str) -> list[str]:
+    """Test counts written in prose ('553 passed', '515 tests'): they go stale as tests are added (issue 31).
+    Numbers inside generated blocks (benchmarks/docs_numbers.py) are kept current by test_docs_numbers."""
+    from benchmarks.docs_numbers import BLOCK_RE
+
+    return HAND_WRITTEN_COUNT.findall(BLOCK_RE.sub("", text))
+
+
+def test_no_hand_written_test_counts():
+    assert hand_written_test_counts("(553 passed, 1 skipped: needs 2 GPUs) ... 1.0 minute (515 tests, 52 s)") == [
+        "553 passed",
+        "1 skipped",
+        "515 tests",
+    ]
+    assert hand_written_test_counts("<!-- generated:x -->\n587 passed\n<!-- /generated:x -->\n10 seeds, 3 tests") == [
+        "3 tests"
+    ]
+    found = {doc: hand_written_test_counts((REPO_ROOT / doc).read_text()) for doc in DOCS}
+    assert not {doc: counts for doc, counts in found.items() if counts}, "test counts written by hand drift"
+
+
+def test_design_tau_table_is_what_gradient_weight_computes():
+    """docs/design.md's τ table (the w >= 0.5 band, max w and where, f(1) = 2/τ): every number, at the precision it is
+    written with, is what `loss.gradient_weight` gives on a fine grid of r (issue 31: max w at τ = 1 is 1.5747)."""
+    import math
+
+    import torch
+
+    from trl_sapo.loss import SOFT_CLIP_THRESHOLD, gradient_weight
+
+    def same(written: str, value: float) -> bool:
+        decimals = len(written.split(".")[1]) if "." in written else 0
+        return f"{value:.{decimals}f}" == written
+
+    text = (REPO_ROOT / "docs" / "design.md").read_text()
+    rows = re.findall(
+        r"^\s*\| ([\d.]+)[^|]*\| \[([\d.]+), ([\d.]+)\] \| ([\d.]+) \(([\d.]+)\) \| ([\d.]+) \|$", text, re.M
+    )
+    assert len(rows) >= 5, "τ table not found in docs/design.md"
+    log_r = torch.linspace(math.log(0.05), math.log(50.0), 2_000_001, dtype=torch.float64)
+    r = log_r.exp()
+    for tau, low, high, w_max, r_max, gate_at_1 in rows:
+        w = gradient_weight(log_r, float(tau)).double()
+        active = (w >= SOFT_CLIP_THRESHOLD).nonzero()
+        computed = [(low, r[active[0]]), (high, r[active[-1]]), (w_max, w.max()), (r_max, r[w.argmax()])]
+        for written, value in computed:
+            assert same(written, value.item()), f"τ = {tau}: table says {written}, computed {value.item():.4f}"
+        assert same(gate_at_1, 2 / float(tau)), f"τ = {tau}: f(1) = {2 / float(tau):.4f}, table says {gate_at_1}"
+
+
+def _expand_braces(text: str) -> str:
+    """`cpu_2proc_{ddp,zero2}.yaml` -> `cpu_2proc_ddp.yaml cpu_2proc_zero2.yaml`."""
+    pattern = re.compile(r"(\S*?)\{([^{}]+)\}(\S*)")
+    while match := pattern.search(text):
+        words = " ".join(f"{match[1]}{part}{match[3]}" for part in match[2].split(","))
+        text = text[: match.start()] + words + text[match.end() :]
+    return text
+
+
+def test_repository_layout_names_every_file():
+    """README's "Repository layout" names every tracked file of the checkout's code folders (issue 31: it missed
+    recipes/eval.yaml), the trl_sapo subpackages' modules included; `__init__.py` files are implied."""
+    import subprocess
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    layout = _expand_braces(readme.split("## Repository layout", 1)[1].split("```", 2)[1])
+    names = set(re.findall(r"[\w.-]+", layout.replace("/", " ")))
+    folders = ["scripts", "benchmarks", "recipes", "tools", "trl_sapo", "accelerate_configs", "slurm", "notebooks"]
+    tracked = subprocess.run(["git", "ls-files", *folders], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    files = [Path(f) for f in tracked.stdout.split() if (REPO_ROOT / f).exists()]
+    missing = sorted(str(f) for f in files if f.name != "__init__.py" and f.name not in names)
+    assert not missing, f"README's Repository layout does not name: {missing}"

@@ -3,20 +3,17 @@ the words that rank two arms follow the paired interval."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pytest
-from helpers import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
 def docs_numbers():
-    spec = importlib.util.spec_from_file_location("docs_numbers", REPO_ROOT / "benchmarks" / "docs_numbers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import docs_numbers
+
+    return docs_numbers
 
 
 def test_generated_blocks_match_the_committed_json(docs_numbers, capsys):
@@ -87,9 +84,8 @@ def test_demo_seed_blocks_render_from_a_seed_study(docs_numbers, tmp_path, monke
         summary = {"subsets": subsets, "threads": os.cpu_count(), "wall_time_s": {"total": 700.0}, "training": {}}
         (run_dir / "summary.json").write_text(json.dumps({**summary, "recipe_sha256": "f00"}))
     results = tmp_path / "results"
-    spec = importlib.util.spec_from_file_location("demo_seeds", REPO_ROOT / "benchmarks" / "demo_seeds.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    from benchmarks import demo_seeds as study
+
     study.main(["--seeds", "0", "1", "2", "--report_only", "--output_dir", str(tmp_path / "runs"),
                 "--results_dir", str(results)])  # fmt: skip
     monkeypatch.setattr(docs_numbers, "RESULTS", results)
@@ -97,8 +93,9 @@ def test_demo_seed_blocks_render_from_a_seed_study(docs_numbers, tmp_path, monke
     assert "Over 2 training seeds" in short and "min +0.250, mean +0.312" in short and "max +0.375" in short
     assert "| operation + | 4 | 0.000 → 0.625 | +0.625 ± " in short
     assert "(per seed: +0.250, +0.375)" in short and f"min per run at {os.cpu_count()} threads." in short
-    assert "every seed gains >= +0.05: **yes**" in short and "no operation loses on average: **yes**" in short
+    assert "every seed gains" not in short  # the bar the recipe was chosen against is in results.md §2c (issue 29)
     full = docs_numbers.demo_seeds()
+    assert "| every seed gains >= +0.05 | yes |" in full and "| no operation loses on average | yes |" in full
     assert (
         "| seed | threads | before | after | gain |" in full
         and f"| every run at {os.cpu_count()} threads <= 15 min | yes |" in full

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO_ROOT
 from peft import PeftModel
 
 from trl_sapo.gsm8k import evaluation
@@ -29,11 +28,9 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def eval_script():
-    spec = importlib.util.spec_from_file_location("gsm8k_eval", REPO_ROOT / "scripts" / "gsm8k_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gsm8k_eval"] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    from scripts import gsm8k_eval
+
+    return gsm8k_eval
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import REPO_ROOT
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
 @pytest.fixture(scope="module")
 def learning():
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        import learning
-    finally:
-        sys.path.pop(0)
+    from benchmarks import learning
+
     return learning
 
 

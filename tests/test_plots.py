@@ -260,3 +260,16 @@ def test_plot_training_cli(tmp_path):
     )
     assert result.returncode == 2 and "No trainer_state.json" in result.stderr and "empty" in result.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_training_figure_draws_a_run_with_a_single_rollout():
+    """One logged step (a run of one rollout): each panel gets a visible point, not an empty line (issue 31)."""
+    fig = plot_training.make_training_figure({"one": _history(True, steps=1), "many": _history(True)})
+    panels = _panels(fig)
+    for title in ("reward", "completion length", "sapo/grad_weight_mean"):
+        (line,) = [line for line in panels[title].get_lines() if line.get_label() == "one"]
+        assert line.get_marker() == "o" and len(line.get_xdata()) == 1, title
+        (longer,) = [line for line in panels[title].get_lines() if line.get_label() == "many"]
+        assert longer.get_marker() in ("None", None, "")  # runs with lines stay plain lines
+    assert plot_training._has_isolated_points([math.nan, 1.0, math.nan, 2.0, 3.0])
+    assert not plot_training._has_isolated_points([1.0, 2.0, math.nan, math.nan])

@@ -291,7 +291,7 @@ def test_rewards_benchmark_smoke(tmp_path):
     repo = Path(__file__).resolve().parent.parent
     out = tmp_path / "rewards.json"
     proc = subprocess.run(
-        [sys.executable, "benchmarks/rewards.py", "--smoke", "--output", str(out)],
+        [sys.executable, "-m", "benchmarks.rewards", "--smoke", "--output", str(out)],
         cwd=repo,
         capture_output=True,
         text=True,

@@ -439,3 +439,31 @@ def test_user_error_at_resume_prints_the_message_and_exits_2(tmp_path, tiny_mode
     err = capsys.readouterr().err
     assert err.startswith("trl-sapo-gsm8k: error: ") and "already holds 1 checkpoint(s)" in err
     assert "Traceback" not in err and (output_dir / "checkpoint-1" / "trainer_state.json").is_file()
+
+
+class _NoEditsPath(list):
+    """sys.path stand-in that fails on any edit (issue 29: nothing in the repository edits sys.path)."""
+
+    def insert(self, *args):
+        raise AssertionError("sys.path.insert")
+
+    def append(self, *args):
+        raise AssertionError("sys.path.append")
+
+
+def test_reward_functions_from_the_working_directory_without_editing_sys_path(tmp_path, monkeypatch):
+    """`--reward_funcs module.func` finds a module or package in the working directory, as `python -m` would."""
+    (tmp_path / "cwd_rewards.py").write_text("def short(completions, **kw):\n    return [1.0 for _ in completions]\n")
+    (tmp_path / "cwd_reward_pkg").mkdir()
+    (tmp_path / "cwd_reward_pkg" / "__init__.py").write_text("")
+    (tmp_path / "cwd_reward_pkg" / "scores.py").write_text("def zero(completions, **kw):\n    return [0.0]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", _NoEditsPath(p for p in sys.path if p not in ("", str(tmp_path))))
+    for name in ("cwd_rewards", "cwd_reward_pkg", "cwd_reward_pkg.scores"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    short, zero = gsm8k_recipe.load_reward_funcs(["cwd_rewards.short", "cwd_reward_pkg.scores.zero"], 32, None)
+    assert short(["a", "b"]) == [1.0, 1.0] and zero(["a"]) == [0.0]
+    assert short.__module__ == "cwd_rewards" and zero.__module__ == "cwd_reward_pkg.scores"
+    for bad in ("cwd_rewards.missing", "no_such_module_here.reward", "cwd_reward_pkg.nope.f"):
+        with pytest.raises(ValueError, match=r"reward function .*(does not import|has no)"):
+            gsm8k_recipe.load_reward_funcs([bad], 32, None)

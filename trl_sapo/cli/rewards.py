@@ -11,6 +11,8 @@ directory is importable, as with `python -m`). Each function's signature is chec
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import os
 import sys
@@ -55,19 +57,33 @@ def grpo_reward_registry() -> dict[str, RewardFactory]:
 def import_reward_func(path: str) -> Callable:
     """`pkg.module.func` -> the object, importable from the working directory; errors name the module."""
     module_name, attr = path.rsplit(".", 1)
-    sys.path.insert(0, os.getcwd())  # a reward module in the working directory, as with `python -m`
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_working_directory(module_name)
     except ImportError as err:
         raise ValueError(
             f"reward function {path!r}: module {module_name!r} does not import ({type(err).__name__}: {err}). A "
             "dotted path must name an importable module (on PYTHONPATH or in the working directory) and a function."
         ) from err
-    finally:
-        sys.path.pop(0)
     if not hasattr(module, attr):
         raise ValueError(f"reward function {path!r}: module {module_name!r} ({module.__file__}) has no {attr!r}.")
     return getattr(module, attr)
+
+
+def _import_from_working_directory(module_name: str):
+    """Import `module_name`, its top-level module or package looked up in the working directory first, as
+    `python -m` does, without editing `sys.path` (which would leak the working directory into every later import)."""
+    top = module_name.split(".", 1)[0]
+    if top not in sys.modules:
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()])
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[top] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[top]
+                raise
+    return importlib.import_module(module_name)
 
 
 def check_reward_signature(func: Callable, name: str) -> None:

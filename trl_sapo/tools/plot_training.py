@@ -160,6 +160,15 @@ def make_smoother(smooth: float = 0.0, window: int = 1) -> Callable[[Sequence[fl
     return list
 
 
+def _has_isolated_points(values: Sequence[float]) -> bool:
+    """Whether some finite value has no finite neighbour (a single-step run, or a metric logged once per rollout)."""
+    finite = [math.isfinite(v) for v in values]
+    return any(
+        here and not (i > 0 and finite[i - 1]) and not (i + 1 < len(finite) and finite[i + 1])
+        for i, here in enumerate(finite)
+    )
+
+
 def make_training_figure(
     runs: Mapping[str, LogHistory], smooth: float = 0.0, window: int = 1, title: str | None = None
 ) -> plt.Figure:
@@ -195,6 +204,8 @@ def make_training_figure(
             steps, values = extract(runs[label], key)
             smoothed = smoother(values)
             style = {"color": colors[label], "lw": 1.8, **series.style}
+            if _has_isolated_points(values):  # one rollout = one logged point: a line alone would draw nothing
+                style |= {"marker": "o", "markersize": 4}
             if smooth > 0 or window > 1:
                 ax.plot(steps, values, **{**style, "lw": 0.8, "alpha": 0.3}, label=f"_raw {label}")
             ax.plot(steps, smoothed, label=f"{label}{series.suffix}", **style)
