@@ -19,7 +19,7 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trl_sapo.gsm8k import rewards
+from trl_sapo.gsm8k import math_verify_client, rewards
 from trl_sapo.gsm8k.data import DataError, strip_calculator_annotations, validate
 from trl_sapo.gsm8k.rewards import (
     accuracy_reward,
@@ -240,12 +240,12 @@ def test_known_failures(text, references, expected):
 
 def test_math_verify_hard_time_limit_recovers(monkeypatch):
     """A comparison that sympy cannot finish is killed (no signals needed) and the next one works."""
-    monkeypatch.setattr(rewards, "verifiable_span", lambda span: True)  # let the tower through the pre-screen
+    monkeypatch.setattr(math_verify_client, "verifiable_span", lambda span: True)  # let the tower through the pre-screen
     for run in (lambda f: f(), lambda f: _WORKER.submit(f).result(timeout=WORKER_HANG_S)):
         assert run(lambda: answers_match("2**2**2**2**2**2", "16")) is False
-        assert rewards._MATH_VERIFY.last_status == "timeout"
+        assert math_verify_client._MATH_VERIFY.last_status == "timeout"
         assert run(lambda: answers_match("\\frac{1}{3}", "0.333333")) is True
-        assert rewards._MATH_VERIFY.last_status == "ok"
+        assert math_verify_client._MATH_VERIFY.last_status == "ok"
 
 
 @pytest.mark.parametrize(

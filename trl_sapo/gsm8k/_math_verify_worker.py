@@ -1,4 +1,4 @@
-"""Subprocess behind ``trl_sapo.gsm8k.rewards``: math_verify comparisons under a hard, signal-free time limit.
+"""Subprocess behind ``trl_sapo.gsm8k.math_verify_client``: math_verify comparisons under a hard, signal-free time limit.
 
 Run as a script (``python _math_verify_worker.py``; it imports nothing from trl_sapo). Protocol, one JSON object per
 line: the parent writes ``{"id": n, "gold": str, "pred": str, "time_limit": seconds}`` to stdin; this process
