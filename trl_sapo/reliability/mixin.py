@@ -124,9 +124,11 @@ class ReliabilityMixin:
         self.add_callback(CheckpointCompletionCallback(self._preemption))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        self._rollout_resume.checkpoint = resolve_checkpoint(self, resume_from_checkpoint)
+        # True resolved here, by the completion marker (transformers' own resolution takes the highest checkpoint-*)
+        checkpoint = resolve_checkpoint(self, resume_from_checkpoint)
+        self._rollout_resume.checkpoint = checkpoint
         try:
-            output = super().train(resume_from_checkpoint, *args, **kwargs)
+            output = super().train(checkpoint or resume_from_checkpoint, *args, **kwargs)
         finally:
             if self._preemption is not None:
                 self._preemption.uninstall()  # also when train() raises: restore the previous SIGTERM handler
