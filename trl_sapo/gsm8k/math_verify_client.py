@@ -8,14 +8,19 @@ past :data:`MATH_VERIFY_TIME_LIMIT_S`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 MAX_VERIFY_CHARS = 1000  # longest answer span handed to math_verify
 MAX_VERIFY_DIGITS = 30  # longest digit run in a span handed to math_verify
@@ -32,13 +37,17 @@ class _MathVerifyWorker:
     """One ``_math_verify_worker.py`` subprocess per process, shared by all threads (one request at a time).
 
     The subprocess kills and re-forks its helper after :data:`MATH_VERIFY_TIME_LIMIT_S`; should the subprocess itself
-    not answer within that plus a margin (it never runs sympy, so only a crash or an overloaded machine does that),
-    it is killed here and restarted on the next request.
+    not answer within that plus a margin (it never runs sympy, so only a crash, a kill or an overloaded machine does
+    that), the comparison counts as "not equal" (``no_reply`` counts them, each is logged), the subprocess is killed
+    here and restarted on the next request. The subprocess ignores SIGTERM/SIGINT/SIGUSR1 (the pre-emption signals
+    reach every process of a SLURM step; it exits when its stdin closes), and the tail of its stderr is kept for the
+    error when it cannot start. A forked copy of this process starts its own subprocess, with a fresh lock.
     """
 
     SCRIPT = Path(__file__).with_name("_math_verify_worker.py")
     STARTUP_TIMEOUT_S = 300.0  # importing sympy + math_verify: ~1-3 s, much longer on an overloaded machine
     REPLY_MARGIN_S = 0.25
+    STDERR_TAIL_BYTES = 4000
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -46,8 +55,15 @@ class _MathVerifyWorker:
         self._pid = os.getpid()  # a forked copy of this process must not share the parent's pipes
         self._ready = False
         self._buffer = b""
+        self._stderr_tail = bytearray()
         self._next_id = 0
         self.last_status = ""  # of the last request: "ok", "timeout", "error" (see the worker), or "no reply"
+        self.no_reply = 0  # requests the subprocess did not answer (scored "not equal")
+        _INSTANCES.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's lock may have been held by another thread at the fork: it would never be released here.
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Start the subprocess in the background (no-op when it runs); returns at once."""
@@ -63,25 +79,38 @@ class _MathVerifyWorker:
             [sys.executable, str(self.SCRIPT)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             close_fds=True,
         )
-        self._pid, self._ready, self._buffer = os.getpid(), False, b""
+        self._pid, self._ready, self._buffer, self._stderr_tail = os.getpid(), False, b"", bytearray()
+        tail = self._stderr_tail
+        threading.Thread(target=self._keep_tail, args=(self._proc.stderr, tail), daemon=True).start()
+
+    def _keep_tail(self, stream, tail: bytearray) -> None:
+        """Read the subprocess's stderr until EOF, keeping its last STDERR_TAIL_BYTES (a full pipe would block it)."""
+        with contextlib.suppress(OSError, ValueError):
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                tail += chunk
+                del tail[: -self.STDERR_TAIL_BYTES]
 
     def _stop(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            for stream in (self._proc.stdin, self._proc.stdout):
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):  # not stderr: the tail reader closes nothing, it just hits EOF
+            with contextlib.suppress(OSError):  # BrokenPipeError: a request still buffered for the dead process
                 stream.close()
-        self._proc = None
 
     def close(self) -> None:
         with self._lock:
             if self._pid == os.getpid():
                 self._stop()
 
-    def _read_reply(self, timeout: float) -> dict | None:
+    def _read_reply(self, timeout: float) -> dict | str:
+        """The next reply, or why there is none: "eof" (the subprocess closed its stdout: it died) or "timeout"."""
         import select
 
         fd = self._proc.stdout.fileno()
@@ -89,25 +118,42 @@ class _MathVerifyWorker:
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                return None
+                return "timeout"
             chunk = os.read(fd, 65536)
             if not chunk:
-                return None
+                return "eof"
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
-        return json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            return "garbled"
+        return reply if isinstance(reply, dict) else "garbled"
+
+    def _startup_error(self, why: str) -> RuntimeError:
+        proc = self._proc
+        if why == "eof":
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            time.sleep(0.1)  # let the tail reader take the last of stderr
+            what = f"exited during start-up (status {proc.returncode})"
+        else:
+            what = f"did not start within {self.STARTUP_TIMEOUT_S} s" if why == "timeout" else f"sent {why} output"
+        tail = bytes(self._stderr_tail).decode(errors="replace").strip()
+        self._stop()
+        return RuntimeError(
+            f"the math_verify subprocess ({self.SCRIPT}) {what}; is math-verify installed? (pip install "
+            "'math-verify>=0.9,<0.10')" + (f"\nIts stderr ended with:\n{tail}" if tail else " (no stderr output)")
+        )
 
     def equal(self, gold: str, pred: str) -> bool:
         """math_verify's ``verify(parse(gold), parse(pred))``; False when it fails or exceeds the time limit."""
         with self._lock:
             self._start()
             if not self._ready:
-                if self._read_reply(self.STARTUP_TIMEOUT_S) != {"ready": True}:
-                    self._stop()
-                    raise RuntimeError(
-                        f"the math_verify subprocess ({self.SCRIPT}) did not start within {self.STARTUP_TIMEOUT_S} s; "
-                        "is math-verify installed? (pip install 'math-verify>=0.9,<0.10')"
-                    )
+                reply = self._read_reply(self.STARTUP_TIMEOUT_S)
+                if reply != {"ready": True}:
+                    raise self._startup_error(reply if isinstance(reply, str) else "unexpected")
                 self._ready = True
             self._next_id += 1
             request = {"id": self._next_id, "gold": gold, "pred": pred, "time_limit": MATH_VERIFY_TIME_LIMIT_S}
@@ -115,16 +161,23 @@ class _MathVerifyWorker:
                 self._proc.stdin.write((json.dumps(request, ensure_ascii=True) + "\n").encode())
                 self._proc.stdin.flush()
                 reply = self._read_reply(MATH_VERIFY_TIME_LIMIT_S + self.REPLY_MARGIN_S)
-            except OSError:  # the subprocess died (e.g. the OOM killer): restarted on the next request
-                reply = None
-            if reply is None or reply.get("id") != self._next_id:
+            except OSError as exc:  # the subprocess died (a kill, the OOM killer): restarted on the next request
+                reply = f"{type(exc).__name__}: {exc}"
+            if isinstance(reply, str) or reply.get("id") != self._next_id:
                 self._stop()
                 self.last_status = "no reply"
+                self.no_reply += 1
+                logger.warning(
+                    f"The math_verify subprocess gave no reply ({reply if isinstance(reply, str) else 'wrong id'}); "
+                    f"scored as not equal ({self.no_reply} so far in this process); it restarts on the next request."
+                )
                 return False
             self.last_status = reply["status"]
             return bool(reply["equal"])
 
 
+_INSTANCES: weakref.WeakSet[_MathVerifyWorker] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [worker._after_fork_in_child() for worker in list(_INSTANCES)])
 _MATH_VERIFY = _MathVerifyWorker()
 atexit.register(_MATH_VERIFY.close)
 
