@@ -45,6 +45,9 @@ EXTRACTION_CASES = [
     ("The answer is 1/3", "1/3"),  # no finite decimal: kept exact
     ("#### 3/4", "0.75"),
     ("1. First 3 + 4 = 7\n2. Done", "7"),  # list numbering is not an answer
+    ("Each costs 4, so she pays\n40.\n", "40"),  # a final answer alone on its line is not a list marker
+    ("She pays\n  40)\n\n", "40"),
+    ("Steps:\n1.\tAdd 3 and 4 to get 7\n2) Done", "7"),
     ("The answer is 5.\n#### 6", "6"),  # the #### line wins
     ("\\boxed{9} but the answer is 10", "9"),  # boxed beats "the answer is"
     ("#### 5\nlater I said 7", "5"),

@@ -25,7 +25,8 @@ _FRACTION_RE = re.compile(rf"\\d?frac\{{\s*({_NUM})\s*\}}\{{\s*({_NUM})\s*\}}|({
 _FRAC_PREFIX_RE = re.compile(r"\\d?frac\{\s*\Z")  # searched with endpos = start of the first number
 _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS_RE = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:|=)\s*:?\s*([^\n]*)", re.IGNORECASE)
-_LIST_MARKER_RE = re.compile(r"^[ \t]*\d+[.)](?=\s)", re.MULTILINE)  # "2. Then ..." numbering is not an answer
+# "2. Then ..." numbering is not an answer; a number alone on its line ("so she pays\n40.\n") is.
+_LIST_MARKER_RE = re.compile(r"^[ \t]*\d+[.)](?=[ \t]+\S)", re.MULTILINE)
 # No two adjacent optional whitespace runs (``\s*\$?\s*`` would try every split of a long blank run: quadratic).
 _PLAIN_NUMBER_RE = re.compile(rf"\s*(?:\$\s*)?({_NUM})\s*(?:[%.]\s*)?")
 _BOXED_RE = re.compile(r"\\boxed\s*\{")
