@@ -232,7 +232,7 @@ rank, record = config.process_index, {"world_size": config.world_size, "dist": d
 def outcome(fn):
     try:
         return ["ok", fn()]
-    except (CheckpointError, RunLockError) as exc:
+    except Exception as exc:
         return [type(exc).__name__, str(exc)]
 
 # Shared storage with checkpoint-2 and -3 complete: one choice, logged once.
@@ -249,6 +249,19 @@ record["true_empty"] = outcome(lambda: resolve_resume_from_checkpoint(config, "t
 # A live run (another host, fresh heartbeat) holds the lock: every rank refuses.
 config.output_dir = str(base / "locked")
 record["locked"] = outcome(lambda: acquire_run_lock(config) and "acquired")
+# Rank 0 fails in a way that is not a CheckpointError/RunLockError: every rank raises at once (no collective hang).
+from trl_sapo import checkpoints
+real_list = checkpoints.list_checkpoints
+if rank == 0:
+    def unreadable(output_dir):
+        raise PermissionError(13, "Permission denied", str(output_dir))
+    checkpoints.list_checkpoints = unreadable
+config.output_dir = str(base / "shared")
+record["rank0_crash"] = outcome(lambda: resolve_resume_from_checkpoint(config))
+checkpoints.list_checkpoints = real_list
+os.environ["SAPO_RUN_LOCK_STALE_SECONDS"] = "10m"  # read by rank 0 only
+config.output_dir = str(base / "locked")
+record["bad_stale_env"] = outcome(lambda: acquire_run_lock(config) and "acquired")
 (base / f"rank{rank}.json").write_text(json.dumps(record))
 dist.barrier()
 dist.destroy_process_group()
@@ -296,6 +309,15 @@ def test_two_ranks_share_rank0s_choice_and_its_errors(tmp_path):
 
     assert [r["locked"][0] for r in records] == ["RunLockError"] * 2, records
     assert "in use by SLURM job 999 on gpu-node-7" in records[1]["locked"][1]
+
+    crash = [r["rank0_crash"] for r in records]  # rank 0 its own error, rank 1 the same, named
+    assert crash[0] == ["PermissionError", f"[Errno 13] Permission denied: '{tmp_path / 'shared'}'"], crash
+    assert crash[1][0] == "RuntimeError" and crash[1][1].startswith(
+        "Rank 0 failed while choosing the checkpoint to resume from: PermissionError: [Errno 13]"
+    ), crash
+    bad_env = [r["bad_stale_env"] for r in records]
+    assert [kind for kind, _ in bad_env] == ["RunLockError"] * 2, bad_env
+    assert all("SAPO_RUN_LOCK_STALE_SECONDS='10m': must be a positive number" in m for _, m in bad_env), bad_env
 
 
 @pytest.mark.slow

@@ -108,31 +108,22 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[str]:
     return [path for _, path in sorted(found)]
 
 
-def _rollout_stems(path: str | os.PathLike) -> set[str]:
-    """The rollout-state file stems (format names) present in `path`."""
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return set()
-    return {m.group("stem") for m in map(_ROLLOUT_FILE_RE.match, names) if m}
-
-
 def checkpoint_kind(path: str | os.PathLike) -> str:
     """What a `checkpoint-N` folder is, by the rule of the module docstring: "complete" (marked), "legacy" (a
     complete 0.1 checkpoint, unmarked), "cut_off" (a trl_sapo save that never finished), "empty", or "foreign"
     (anything else: another trainer's checkpoint, an export, a copy in progress)."""
     if os.path.isfile(os.path.join(path, COMPLETE_MARKER_NAME)):
         return "complete"
-    stems = _rollout_stems(path)
-    has_state = os.path.isfile(os.path.join(path, TRAINER_STATE_NAME))
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return "foreign"
+    stems = {m.group("stem") for m in map(_ROLLOUT_FILE_RE.match, names) if m}  # the formats present
     if ROLLOUT_STATE_NAME in stems:
         return "cut_off"
     if LEGACY_ROLLOUT_STATE_NAME in stems:
-        return "legacy" if has_state else "cut_off"
-    try:
-        return "foreign" if os.listdir(path) else "empty"
-    except OSError:
-        return "foreign"
+        return "legacy" if TRAINER_STATE_NAME in names else "cut_off"
+    return "foreign" if names else "empty"
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
