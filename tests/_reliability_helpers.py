@@ -60,7 +60,15 @@ def tiny_config(output_dir, config_cls=None, **overrides):
 
 
 def tiny_trainer(
-    model_path, output_dir, *, reward_funcs=None, peft=False, trainer_cls=None, config_cls=None, **overrides
+    model_path,
+    output_dir,
+    *,
+    reward_funcs=None,
+    peft=False,
+    trainer_cls=None,
+    config_cls=None,
+    eval_dataset=None,
+    **overrides,
 ):
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
@@ -80,6 +88,7 @@ def tiny_trainer(
         reward_funcs=reward_funcs or [length_reward],
         args=args,
         train_dataset=tiny_dataset(),
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
     )

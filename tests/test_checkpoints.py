@@ -5,35 +5,56 @@ test and test_script.py."""
 from __future__ import annotations
 
 import logging
+import os
 from types import SimpleNamespace
 
 import pytest
+from _checkpoint_fixtures import (
+    CUT_POINTS,
+    LEGACY_FIXTURE,
+    as_ranks,
+    copy_checkpoint,
+    cut_save,
+    foreign,
+    legacy_manifest,
+    real_saves,
+    to_legacy_format,
+)
 from trl import TrlParser
 
 from trl_sapo import SAPOConfig
 from trl_sapo.checkpoints import (
     COMPLETE_MARKER_NAME,
     CheckpointError,
+    checkpoint_kind,
     latest_checkpoint,
     parse_resume_option,
     resolve_resume_from_checkpoint,
     write_complete_marker,
 )
 
+_SAVES: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _real_saves(tiny_model_path, tmp_path_factory):
+    """One real 2-step save every test's `make_checkpoint` copies from (the files the trainer writes)."""
+    _SAVES["run"] = real_saves(tiny_model_path, tmp_path_factory.mktemp("real-saves") / "run")
+    _SAVES["model"] = tiny_model_path  # written by save_pretrained: a model export
+    yield
+    _SAVES.clear()
+
 
 def make_checkpoint(output_dir, step, complete=True, kind="sapo"):
-    """A `checkpoint-N` folder: complete = marked (every rank saved); else a save cut off before the marker
-    (kind "sapo": rank 0 got as far as trainer_state.json, "early": not even that); kind "foreign": another
-    trainer's checkpoint (trainer_state.json, no rollout state, no marker)."""
-    path = output_dir / f"checkpoint-{step}"
-    path.mkdir(parents=True)
-    if complete or kind != "early":
-        (path / "trainer_state.json").write_text("{}")
-    if kind != "foreign":
-        (path / "sapo_rollout_state_0.pt").write_bytes(b"")
-    if complete and kind != "foreign":
-        write_complete_marker(path, step, 2)
-    return path
+    """`checkpoint-N` made from a real save: complete = as saved (marked); else a save cut off before the marker
+    (kind "sapo": every Trainer file written, "early": only the rollout state, "tmp": killed while writing it);
+    kind "foreign": another trainer's checkpoint (trainer_state.json, no rollout state, no marker)."""
+    path = copy_checkpoint(_SAVES["run"] / "checkpoint-2", output_dir / f"checkpoint-{step}")
+    if kind == "foreign":
+        return foreign(path)
+    if complete:
+        return path
+    return cut_save(path, {"sapo": "marker", "early": "rollout", "tmp": "rollout_tmp"}[kind])
 
 
 def args(output_dir, resume=None):
@@ -74,7 +95,7 @@ def test_true_without_checkpoint_names_output_dir(tmp_path):
         resolve_resume_from_checkpoint(args(tmp_path / "missing", True))
 
 
-@pytest.mark.parametrize("kind", ["sapo", "early"])
+@pytest.mark.parametrize("kind", ["sapo", "early", "tmp"])
 def test_cut_off_save_after_the_latest_is_skipped_and_deleted(tmp_path, caplog, kind):
     """Rank 0's trainer_state.json alone ("sapo") does not make a checkpoint complete: only the marker written after
     the barrier does. The cut-off folder is deleted, so the resumed run saves that step into a clean folder."""
@@ -161,6 +182,138 @@ def test_sapo_config_values_from_cli_and_yaml(tmp_path, source):
     (config,) = TrlParser((SAPOConfig,)).parse_args_and_config(flags)
     assert config.resume_from_checkpoint in ("true", True)
     assert resolve_resume_from_checkpoint(config) == str(tmp_path / "out" / "checkpoint-3")
+
+
+# ---- one rule for both formats, on folders made by the real save code (issues 28.1, 28.2, 31.1) --------------------
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("point", CUT_POINTS)
+def test_every_cut_off_point_of_a_real_save_is_recognised(tmp_path, caplog, point, ranks):
+    """Whatever point of the save protocol a kill hits, the leftover is this trainer's cut-off save: deleted, and the
+    run resumes from the complete checkpoint below it or, when there is none, starts fresh (it used to raise "not
+    written by a trl_sapo trainer" for a `rollout_state.pt` + `trainer_state.json` leftover: a requeue loop)."""
+    cut = cut_save(
+        as_ranks(copy_checkpoint(_SAVES["run"] / "checkpoint-2", tmp_path / "a" / "checkpoint-2"), ranks), point
+    )
+    assert checkpoint_kind(cut) == "cut_off"
+    assert resolve_resume_from_checkpoint(args(tmp_path / "a")) is None  # alone: a fresh start
+    assert not cut.exists()
+
+    make_checkpoint(tmp_path / "b", 1)
+    cut = cut_save(
+        as_ranks(copy_checkpoint(_SAVES["run"] / "checkpoint-2", tmp_path / "b" / "checkpoint-2"), ranks), point
+    )
+    with caplog.at_level(logging.WARNING, logger="trl_sapo.checkpoints"):
+        assert resolve_resume_from_checkpoint(args(tmp_path / "b")) == str(tmp_path / "b" / "checkpoint-1")
+    assert f"Deleting {cut}: a save that did not finish" in caplog.text
+    assert not cut.exists()
+
+
+@pytest.mark.parametrize("what", ["export", "foreign", "copy_in_progress"])
+def test_folders_it_cannot_prove_its_own_are_left_alone(tmp_path, caplog, what):
+    """Only a save this trainer's protocol identifies as its own cut-off save is deleted: a model export, another
+    trainer's checkpoint, a copy still being made are skipped with a warning and kept (the first and the last used
+    to be deleted, having no trainer_state.json)."""
+
+    def leftover(out):
+        if what == "export":
+            out.mkdir(parents=True, exist_ok=True)
+            return copy_checkpoint(_SAVES["model"], out / "checkpoint-5")
+        path = make_checkpoint(out, 5, complete=False, kind="foreign")
+        if what == "copy_in_progress":  # the first files of a copy (no trainer_state.json yet)
+            for name in os.listdir(path):
+                if name not in ("config.json", "model.safetensors"):
+                    os.remove(path / name)
+        return path
+
+    make_checkpoint(tmp_path / "a", 2)
+    kept = leftover(tmp_path / "a")
+    assert checkpoint_kind(kept) == "foreign"
+    with caplog.at_level(logging.WARNING, logger="trl_sapo.checkpoints"):
+        assert resolve_resume_from_checkpoint(args(tmp_path / "a")) == str(tmp_path / "a" / "checkpoint-2")
+        assert resolve_resume_from_checkpoint(args(tmp_path / "a", True)) == str(tmp_path / "a" / "checkpoint-2")
+    assert f"Skipping {kept}: no {COMPLETE_MARKER_NAME} (not written by a trl_sapo trainer; left alone)" in caplog.text
+    assert kept.is_dir() and sorted(os.listdir(kept))
+
+    kept = leftover(tmp_path / "b")  # all there is: refused, not deleted
+    with pytest.raises(CheckpointError, match="not written by a trl_sapo trainer .*left alone"):
+        resolve_resume_from_checkpoint(args(tmp_path / "b"))
+    assert kept.is_dir() and sorted(os.listdir(kept))
+
+
+def test_an_empty_checkpoint_folder_is_removed(tmp_path):
+    """Cut off before its first file (`save_rollout_state` creates the folder): nothing to lose, os.rmdir."""
+    (tmp_path / "checkpoint-1").mkdir()
+    assert checkpoint_kind(tmp_path / "checkpoint-1") == "empty"
+    assert resolve_resume_from_checkpoint(args(tmp_path)) is None
+    assert not (tmp_path / "checkpoint-1").exists()
+
+
+def _legacy(out, step=1):
+    return copy_checkpoint(LEGACY_FIXTURE / "checkpoint-1", out / f"checkpoint-{step}")
+
+
+def test_a_checkpoint_written_by_0_1_resumes_not_deleted(tmp_path, caplog):
+    """Issue 31.1: trl-sapo 0.1 wrote no marker; its complete checkpoint (`sapo_rollout_state.pt` and
+    `trainer_state.json`, written by that code) used to be taken for a cut-off save and deleted by `auto`."""
+    legacy = _legacy(tmp_path)
+    assert checkpoint_kind(legacy) == "legacy"
+    with caplog.at_level(logging.WARNING, logger="trl_sapo.checkpoints"):
+        assert resolve_resume_from_checkpoint(args(tmp_path)) == str(legacy)
+    assert f"{legacy} is a trl-sapo 0.1 checkpoint (sapo_rollout_state*.pt, written before" in caplog.text
+    assert resolve_resume_from_checkpoint(args(tmp_path, "true")) == str(legacy)
+    assert resolve_resume_from_checkpoint(args(tmp_path, str(legacy))) == str(legacy)
+
+    cut = make_checkpoint(tmp_path, 2, complete=False)  # the upgraded run's first save, cut off: deleted
+    assert resolve_resume_from_checkpoint(args(tmp_path)) == str(legacy) and not cut.exists()
+    newer = make_checkpoint(tmp_path, 3)  # a complete save of the upgraded run wins
+    assert resolve_resume_from_checkpoint(args(tmp_path)) == str(newer) and legacy.is_dir()
+
+
+def test_legacy_format_other_states(tmp_path):
+    cut = _legacy(tmp_path, 3)  # a 0.1 save cut off after its rollout state (before the Trainer's files)
+    for name in os.listdir(cut):
+        if name != "sapo_rollout_state.pt":
+            os.remove(cut / name)
+    assert checkpoint_kind(cut) == "cut_off"
+    marked = _legacy(tmp_path, 2)  # written between the marker (245d829) and the rename (d5ead07): marked
+    write_complete_marker(marked, 2, 1)
+    assert checkpoint_kind(marked) == "complete"
+    assert resolve_resume_from_checkpoint(args(tmp_path)) == str(marked) and not cut.exists()
+
+
+def test_the_legacy_generator_writes_what_0_1_wrote(tmp_path):
+    """`to_legacy_format` (used where a resumable 0.1 checkpoint is needed) gives the file names the 0.1 code wrote
+    (MANIFEST.txt of LEGACY_FIXTURE) and a rollout state of the same shape."""
+    import torch
+
+    generated = to_legacy_format(copy_checkpoint(_SAVES["run"] / "checkpoint-2", tmp_path / "checkpoint-2"))
+    assert sorted(os.listdir(generated)) == legacy_manifest()
+    ours = torch.load(generated / "sapo_rollout_state.pt", weights_only=True)
+    theirs = torch.load(LEGACY_FIXTURE / "checkpoint-1" / "sapo_rollout_state.pt", weights_only=True)
+    assert ours.keys() == theirs.keys() and ours["version"] == theirs["version"] == 1
+    assert checkpoint_kind(generated) == "legacy"
+
+
+def test_marker_writers_on_shared_storage_do_not_collide(tmp_path, monkeypatch):
+    """With save_on_each_node two nodes write the marker of one checkpoint on shared storage: each writes its own
+    temporary file (a fixed `.tmp` name let one writer's os.replace find its file already moved)."""
+    from trl_sapo import checkpoints
+
+    real_dump, other = checkpoints.json.dump, []
+
+    def dump_then_other_node_writes(info, f):
+        real_dump(info, f)
+        if not other:  # the other node's writer runs to the end while this one has its file open
+            other.append(True)
+            with monkeypatch.context() as m:
+                m.setattr(checkpoints.socket, "gethostname", lambda: "other-node")
+                checkpoints.write_complete_marker(tmp_path, 3, 2)
+
+    monkeypatch.setattr(checkpoints.json, "dump", dump_then_other_node_writes)
+    checkpoints.write_complete_marker(tmp_path, 3, 2)
+    assert os.listdir(tmp_path) == [COMPLETE_MARKER_NAME]
 
 
 # ---- through scripts/gsm8k_sapo.py ---------------------------------------------------------------------------------

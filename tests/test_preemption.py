@@ -16,8 +16,10 @@ from _reliability_helpers import (
     HELPER,
     REPO_ROOT,
     accelerate_config,
+    free_port,
     max_abs_diff,
     subprocess_env,
+    tiny_dataset,
     tiny_trainer,
     train_losses,
     trainable_state,
@@ -119,3 +121,119 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step(tiny_model_path, tmp_pa
     checkpoint = tmp_path / "out" / f"checkpoint-{results[0]['global_step']}"
     assert (checkpoint / "rollout_state_0.pt").exists() and (checkpoint / "rollout_state_1.pt").exists()
     assert (checkpoint / "rng_state_1.pth").exists() and (checkpoint / "trainer_state.json").exists()
+
+
+# ---- every save/eval strategy: skip evaluation, save exactly once, say what was saved (issue 28.4) --------------
+
+STRATEGIES = {
+    # the shipped recipes: eval_steps == save_steps, the stop step is an eval and save step
+    "steps+eval": dict(save_strategy="steps", save_steps=2, eval_strategy="steps", eval_steps=2),
+    # epoch strategies: transformers' epoch-end handling runs after the loop breaks
+    "epoch": dict(save_strategy="epoch", eval_strategy="epoch"),
+    # an evaluation's result decides should_save
+    "best": dict(save_strategy="best", eval_strategy="steps", eval_steps=1, metric_for_best_model="loss"),
+    "steps": dict(save_strategy="steps", save_steps=3),
+}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_sigterm_skips_evaluation_and_saves_once_with_every_strategy(tiny_model_path, tmp_path, caplog, strategy):
+    """SIGTERM during optimizer step 2: no evaluation after it, one save of step 2 (marked), training stops there,
+    and the log names the checkpoint that exists. Before: "best" stopped with no checkpoint while the log said
+    "after saving checkpoint-2", "epoch" evaluated and saved step 2 again in place, "steps+eval" evaluated first."""
+    from transformers import TrainerCallback
+
+    from trl_sapo.checkpoints import COMPLETE_MARKER_NAME
+
+    events = []
+
+    class SignalAndRecord(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:  # SIGTERM arrives during optimizer step 2
+                events.append(("sigterm", state.global_step))
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            events.append(("evaluate", state.global_step))
+
+        def on_save(self, args, state, control, **kwargs):
+            events.append(("save", state.global_step))
+
+    trainer = tiny_trainer(
+        tiny_model_path,
+        tmp_path / "out",
+        max_steps=6,
+        eval_dataset=tiny_dataset(4),
+        per_device_eval_batch_size=4,
+        **STRATEGIES[strategy],
+    )
+    trainer.add_callback(SignalAndRecord())
+    with caplog.at_level("WARNING", logger="trl_sapo.reliability.mixin"):
+        trainer.train()
+    after_signal = events[events.index(("sigterm", 1)) + 1 :]
+    assert after_signal == [("save", 2)], events
+    assert trainer.preempted and trainer.state.global_step == 2
+    assert (tmp_path / "out" / "checkpoint-2" / COMPLETE_MARKER_NAME).is_file()
+    assert "Stopped by SIGTERM after saving checkpoint-2" in caplog.text
+
+
+def test_the_stop_message_tells_when_no_checkpoint_was_saved(tiny_model_path, tmp_path, caplog, monkeypatch):
+    """Should the save not happen (here: another callback vetoes it), the log says so instead of claiming it."""
+    from transformers import TrainerCallback
+
+    class Veto(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_save = False  # runs after PreemptionCallback: vetoes its save (and its retry at the
+            # epoch end, below)
+
+        on_epoch_end = on_step_end
+
+    trainer = tiny_trainer(tiny_model_path, tmp_path / "out", max_steps=4)
+    trainer.add_callback(Veto())
+    with caplog.at_level("WARNING", logger="trl_sapo.reliability.mixin"):
+        trainer.train()
+    assert trainer.preempted and trainer.state.global_step == 2
+    assert "Stopped by SIGTERM after saving" not in caplog.text
+    assert "Stopped by SIGTERM at step 2 without saving a checkpoint there (last save: step None)" in caplog.text
+
+
+LAUNCHED_WORKER = """
+import os, signal, sys, time
+from pathlib import Path
+from trl_sapo.reliability import PREEMPTED_EXIT_CODE
+
+def stop(signum, frame):  # what the training entry point does after its checkpoint: exit PREEMPTED_EXIT_CODE
+    Path(sys.argv[1], f"stopped.{os.environ['RANK']}").write_text(str(signum))
+    sys.exit(PREEMPTED_EXIT_CODE)
+
+signal.signal(signal.SIGTERM, stop)
+Path(sys.argv[1], f"ready.{os.environ['RANK']}").write_text(str(os.getpid()))
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_accelerate_launch_exits_1_after_a_clean_sigterm_stop(tmp_path):
+    """What README's "Pre-emption" says: a SIGTERM to the `accelerate launch` process (torchrun's agent) is
+    forwarded to the workers, which stop cleanly with status 0, and the launcher itself then exits 1 (torch's
+    elastic agent re-raises the signal as SignalException, torch/distributed/elastic/agent/server/api.py). The
+    SLURM launcher therefore reads the run-status file, not the exit status."""
+    from trl_sapo.reliability import PREEMPTED_EXIT_CODE
+
+    (tmp_path / "worker.py").write_text(LAUNCHED_WORKER)
+    config = accelerate_config(tmp_path, 2)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    proc = _popen([*cmd, "--main_process_port", str(free_port()), str(tmp_path / "worker.py"), str(tmp_path)])
+    for rank in (0, 1):
+        _wait_for(tmp_path / f"ready.{rank}", proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert PREEMPTED_EXIT_CODE == 0
+    assert all((tmp_path / f"stopped.{r}").read_text() == str(int(signal.SIGTERM)) for r in (0, 1)), output[-3000:]
+    assert proc.returncode == 1, output[-3000:]
+    assert "SignalException" in output

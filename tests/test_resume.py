@@ -58,3 +58,30 @@ def test_resume_inside_rollout_lora(tiny_model_path, tmp_path):
     full, resumed, _ = _uninterrupted_then_resumed(tiny_model_path, tmp_path, LORA, resume_step=2, peft=True)
     assert any("lora_" in name for name in trainable_state(full))
     _assert_same_run(full, resumed, resume_step=2)
+
+
+def test_resume_true_uses_the_completion_rule_and_reads_a_0_1_checkpoint(tiny_model_path, tmp_path, monkeypatch):
+    """`trainer.train(resume_from_checkpoint=True)` (what the docs tell API users) resolves by this project's rule,
+    not transformers' `get_last_checkpoint`: a cut-off save above the last complete checkpoint is deleted, not
+    resumed from (it used to be). A checkpoint in trl-sapo 0.1's format resumes, its rollouts restored."""
+    from _checkpoint_fixtures import cut_save, to_legacy_format
+
+    restored = []
+    real_load = rollouts.load_rollout_state
+
+    def spy(trainer, checkpoint):
+        state = real_load(trainer, checkpoint)
+        restored.append((checkpoint, state is not None))
+        return state
+
+    monkeypatch.setattr(rollouts, "load_rollout_state", spy)
+    out = tmp_path / "out"
+    first = tiny_trainer(tiny_model_path, out, max_steps=2, save_strategy="steps", save_steps=1)
+    first.train()
+    cut_save(out / "checkpoint-2", "marker")  # killed before the marker: trainer_state.json, no marker
+    to_legacy_format(out / "checkpoint-1")  # and the complete one below it as trl-sapo 0.1 wrote it
+    resumed = tiny_trainer(tiny_model_path, out, max_steps=3, save_strategy="steps", save_steps=1)
+    resumed.train(resume_from_checkpoint=True)
+    assert restored == [(str(out / "checkpoint-1"), True)]
+    assert resumed.state.global_step == 3
+    assert [e["step"] for e in resumed.state.log_history if "loss" in e] == [1, 2, 3]  # step 1 from the checkpoint

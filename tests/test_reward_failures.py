@@ -69,6 +69,17 @@ def test_none_and_nan_pass_through_unchanged():
     assert wrapped(prompts=[""] * 4, completions=[""] * 4) is out
 
 
+def test_a_generator_of_rewards_reaches_trl_with_its_values():
+    """TRL takes any iterable of rewards; the guard reads the values to check them, and used to hand TRL the
+    exhausted generator (no rewards at all)."""
+    wrapped = RewardGuard().wrap(lambda completions, **kw: (float(len(c)) for c in completions), "lengths")
+    assert list(wrapped(prompts=["p", "q"], completions=["ab", "abc"])) == [2.0, 3.0]
+    with pytest.raises(RewardFunctionError, match="returned inf"):
+        RewardGuard().wrap(lambda completions, **kw: (math.inf for _ in completions), "g")(
+            prompts=["p"], completions=["a"]
+        )
+
+
 def test_deferred_failure_returns_none_then_raises_on_every_rank():
     class OneProcess:
         num_processes, device = 1, "cpu"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +20,7 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trl_sapo.gsm8k import rewards
+from trl_sapo.gsm8k import math_verify_client, rewards
 from trl_sapo.gsm8k.data import DataError, strip_calculator_annotations, validate
 from trl_sapo.gsm8k.rewards import (
     accuracy_reward,
@@ -238,14 +239,33 @@ def test_known_failures(text, references, expected):
     assert score(text, *references) == expected
 
 
+# The documented per-call bound (module docstring of trl_sapo.gsm8k.rewards): "at most one math_verify call of at
+# most 0.6 s (+0.25 s margin ...)". Written here, not read from the constants, so that raising them fails; SLACK_S
+# covers a loaded machine.
+CALL_BOUND_S = 0.6 + 0.25
+SLACK_S = 0.5
+
+
+def test_the_documented_bound_is_the_code_s():
+    assert "at most one math_verify call of at\nmost 0.6 s (+0.25 s margin" in rewards.__doc__
+    assert math_verify_client.MATH_VERIFY_TIME_LIMIT_S + math_verify_client._MathVerifyWorker.REPLY_MARGIN_S <= (
+        CALL_BOUND_S
+    )
+
+
 def test_math_verify_hard_time_limit_recovers(monkeypatch):
-    """A comparison that sympy cannot finish is killed (no signals needed) and the next one works."""
-    monkeypatch.setattr(rewards, "verifiable_span", lambda span: True)  # let the tower through the pre-screen
+    """A comparison that sympy cannot finish is killed (no signals needed) within the documented bound, in the main
+    thread and in a worker thread, and the next one works."""
+    monkeypatch.setattr(math_verify_client, "verifiable_span", lambda span: True)  # let the tower through
     for run in (lambda f: f(), lambda f: _WORKER.submit(f).result(timeout=WORKER_HANG_S)):
+        started = time.monotonic()
         assert run(lambda: answers_match("2**2**2**2**2**2", "16")) is False
-        assert rewards._MATH_VERIFY.last_status == "timeout"
+        elapsed = time.monotonic() - started
+        assert math_verify_client._MATH_VERIFY.last_status == "timeout"  # the subprocess's limit, not the margin
+        assert elapsed < CALL_BOUND_S + SLACK_S, f"{elapsed:.2f} s > {CALL_BOUND_S} s (+{SLACK_S} s slack)"
+        assert elapsed > math_verify_client.MATH_VERIFY_TIME_LIMIT_S * 0.9  # it did run into the limit
         assert run(lambda: answers_match("\\frac{1}{3}", "0.333333")) is True
-        assert rewards._MATH_VERIFY.last_status == "ok"
+        assert math_verify_client._MATH_VERIFY.last_status == "ok"
 
 
 @pytest.mark.parametrize(

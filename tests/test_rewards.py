@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -44,6 +45,9 @@ EXTRACTION_CASES = [
     ("The answer is 1/3", "1/3"),  # no finite decimal: kept exact
     ("#### 3/4", "0.75"),
     ("1. First 3 + 4 = 7\n2. Done", "7"),  # list numbering is not an answer
+    ("Each costs 4, so she pays\n40.\n", "40"),  # a final answer alone on its line is not a list marker
+    ("She pays\n  40)\n\n", "40"),
+    ("Steps:\n1.\tAdd 3 and 4 to get 7\n2) Done", "7"),
     ("The answer is 5.\n#### 6", "6"),  # the #### line wins
     ("\\boxed{9} but the answer is 10", "9"),  # boxed beats "the answer is"
     ("#### 5\nlater I said 7", "5"),
@@ -126,13 +130,25 @@ def test_accuracy_reward_batch_and_trl_kwargs():
     assert rewards == [1.0, 0.0, 1.0]
 
 
-def test_accuracy_reward_off_main_thread():
-    # math_verify's signal-based timeout only works in the main thread; the fallback must still work elsewhere.
-    completions = ["\\boxed{\\frac{1}{3}}", "\\boxed{\\frac{2}{3}}"]
-    with ThreadPoolExecutor(2) as pool:
-        result = pool.submit(accuracy_reward, completions, answer=["#### 0.333333"] * 2).result()
+def test_accuracy_reward_off_main_thread(monkeypatch):
+    """math_verify's own timeout is signal.alarm, which only works in the main thread: off it, a comparison that runs
+    into the time limit must still stop within the bound (the subprocess's SIGKILL) and score 0, and the next one
+    still work."""
+    from trl_sapo.gsm8k import math_verify_client
+
+    monkeypatch.setattr(math_verify_client, "verifiable_span", lambda span: True)  # let the tower reach sympy
+    bound = 0.6 + 0.25  # documented in trl_sapo.gsm8k.rewards (checked in test_reward_robustness.py)
+    completions = ["\\boxed{2**2**2**2**2**2}", "\\boxed{\\frac{1}{3}}", "\\boxed{\\frac{2}{3}}"]
+    answers = ["16", "#### 0.333333", "#### 0.333333"]
+    with ThreadPoolExecutor(1) as pool:
+        math_verify_client.start_math_verify_worker()
+        pool.submit(accuracy_reward, completions[1:2], answer=answers[1:2]).result()  # warm: the subprocess is up
+        started = time.monotonic()
+        result = pool.submit(accuracy_reward, completions, answer=answers).result()
+        elapsed = time.monotonic() - started
     assert threading.current_thread() is threading.main_thread()
-    assert result == [1.0, 0.0]
+    assert result == [0.0, 1.0, 0.0]
+    assert 0.6 * 0.9 < elapsed < bound + 1.0  # hit the limit, within it
 
 
 @pytest.mark.parametrize("bad", [None, 5, {"content": "#### 1"}, [], [{"role": "assistant", "content": None}]])

@@ -17,13 +17,23 @@ checkpoints is refused rather than done: the new run would write `checkpoint-N` 
 `save_total_limit` would rotate them together), and a later auto-resume could pick the old run's higher step. Pick a
 new `output_dir`, or move/delete the old `checkpoint-*` folders.
 
-The latest checkpoint is the highest `checkpoint-N` that is complete: `CheckpointCompletionCallback` (added by
-`SAPOTrainer` / `ReliabilityMixin`) writes `checkpoint_complete.json` into it after a barrier, i.e. once every
-rank's files are on disk (transformers writes rank 0's `trainer_state.json` before the other ranks are known to be
-done). `auto` and `true` resume only from marked checkpoints. A save that was cut off (no marker, and no
-`trainer_state.json` or this trainer's rollout state: a SAPO save that never finished) is deleted by `auto`/`true`,
-so a first save cut off by SIGKILL leaves a run that starts fresh; an unmarked folder with a `trainer_state.json` but
-no rollout state (another trainer's checkpoint) is only used when named as PATH.
+The latest checkpoint is the highest `checkpoint-N` that is complete. One rule, by the rollout-state file a trl_sapo
+save writes first (`reliability/rollouts.py`), one name per format:
+
+    format (rollout state file)        complete when                    unmarked save with it is
+    --------------------------------   ------------------------------   ---------------------------------------------
+    0.2+: rollout_state[_K].pt         checkpoint_complete.json         cut off (deleted by auto/true)
+    0.1:  sapo_rollout_state[_K].pt    the marker, or                   complete: written before the marker existed
+                                       trainer_state.json               (resumed, said so in the log); without
+                                                                        trainer_state.json: cut off (deleted)
+
+`CheckpointCompletionCallback` (added by `SAPOTrainer` / `ReliabilityMixin`) writes the marker after a barrier, i.e.
+once every rank's files are on disk (transformers writes rank 0's `trainer_state.json` before the other ranks are
+known to be done). Only saves this rule identifies as trl_sapo's own cut-off saves are deleted (so a first save cut
+off by SIGKILL leaves a run that starts fresh), and empty `checkpoint-N` folders (`os.rmdir`: nothing to lose). Any
+other unmarked folder (another trainer's checkpoint, a model-only export, a folder still being copied) is skipped
+with a warning and left alone: it is used only when named as PATH, and `auto` refuses to start next to it when it is
+all there is.
 
 With several processes rank 0 resolves the option and broadcasts its choice; every rank then checks that it sees
 that checkpoint (an error names the ranks that do not: node-local or lagging storage), so no two ranks resume from
@@ -38,6 +48,7 @@ YAML values `true`/`false` arrive as booleans, command-line ones as strings; bot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -54,7 +65,10 @@ logger = logging.get_logger(__name__)
 
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 COMPLETE_MARKER_NAME = "checkpoint_complete.json"
-ROLLOUT_STATE_PREFIX = "sapo_rollout_state"  # trl_sapo.reliability.ROLLOUT_STATE_NAME (not imported: no cycle)
+ROLLOUT_STATE_NAME = "rollout_state"  # file stem of a 0.2+ save's rollout state: complete only with the marker
+LEGACY_ROLLOUT_STATE_NAME = "sapo_rollout_state"  # 0.1 stem: complete with trainer_state.json (no marker then)
+# rollout_state[_RANK].pt, or its .tmp while torch.save writes it (reliability/rollouts.py:save_rollout_state)
+_ROLLOUT_FILE_RE = re.compile(rf"^(?P<stem>{ROLLOUT_STATE_NAME}|{LEGACY_ROLLOUT_STATE_NAME})(?:_\d+)?\.pt(?:\.tmp)?$")
 RUN_STATUS_ENV = "SAPO_RUN_STATUS_FILE"  # set by slurm/train_multinode.sbatch: where rank 0 reports progress
 RESTART_ENV = "SAPO_RESTART_COUNT"
 TRUE_VALUES = ("true", "yes", "1")
@@ -94,44 +108,73 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[str]:
     return [path for _, path in sorted(found)]
 
 
+def checkpoint_kind(path: str | os.PathLike) -> str:
+    """What a `checkpoint-N` folder is, by the rule of the module docstring: "complete" (marked), "legacy" (a
+    complete 0.1 checkpoint, unmarked), "cut_off" (a trl_sapo save that never finished), "empty", or "foreign"
+    (anything else: another trainer's checkpoint, an export, a copy in progress)."""
+    if os.path.isfile(os.path.join(path, COMPLETE_MARKER_NAME)):
+        return "complete"
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return "foreign"
+    stems = {m.group("stem") for m in map(_ROLLOUT_FILE_RE.match, names) if m}  # the formats present
+    if ROLLOUT_STATE_NAME in stems:
+        return "cut_off"
+    if LEGACY_ROLLOUT_STATE_NAME in stems:
+        return "legacy" if TRAINER_STATE_NAME in names else "cut_off"
+    return "foreign" if names else "empty"
+
+
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    """True if `path` is marked complete (`checkpoint_complete.json`, written after every rank saved)."""
-    return os.path.isfile(os.path.join(path, COMPLETE_MARKER_NAME))
+    """True if `path` is a complete checkpoint: marked (`checkpoint_complete.json`, written after every rank saved),
+    or a 0.1 checkpoint written before the marker existed (see the module docstring)."""
+    return checkpoint_kind(path) in ("complete", "legacy")
 
 
 def is_cut_off_save(path: str | os.PathLike) -> bool:
-    """True if `path` is an unmarked save of this trainer that never finished: no `trainer_state.json`, or rollout
-    state files (written only by `ReliabilityMixin`, which also writes the marker) without the marker."""
-    if is_complete_checkpoint(path):
-        return False
-    if not os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
-        return True
-    return any(name.startswith(ROLLOUT_STATE_PREFIX) for name in os.listdir(path))
+    """True if `path` is a save of this trainer that never finished (its rollout state without what makes its format
+    complete); only those are deleted."""
+    return checkpoint_kind(path) == "cut_off"
+
+
+_SKIP_REASONS = {
+    "cut_off": "a save that did not finish",
+    "empty": "an empty folder",
+    "foreign": "not written by a trl_sapo trainer; left alone",
+}
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The highest complete (marked) `checkpoint-N` in `output_dir` (unmarked ones are skipped with a warning), or
-    None. Like `transformers.trainer_utils.get_last_checkpoint`, plus the completeness check."""
+    """The highest complete `checkpoint-N` in `output_dir` (others are skipped with a warning), or None. Like
+    `transformers.trainer_utils.get_last_checkpoint`, plus the completeness rule."""
     for path in reversed(list_checkpoints(output_dir)):
-        if is_complete_checkpoint(path):
+        kind = checkpoint_kind(path)
+        if kind in ("complete", "legacy"):
             return path
-        why = "a save that did not finish" if is_cut_off_save(path) else "not written by a trl_sapo trainer"
-        logger.warning(f"Skipping {path}: no {COMPLETE_MARKER_NAME} ({why}).")
+        logger.warning(f"Skipping {path}: no {COMPLETE_MARKER_NAME} ({_SKIP_REASONS[kind]}).")
     return None
 
 
 def remove_cut_off_saves(output_dir: str | os.PathLike, newer_than: str | None = None) -> list[str]:
-    """Delete the cut-off saves (`is_cut_off_save`) in `output_dir` above `newer_than`'s step (all when None), with a
-    warning each; returns their paths. The trainer would otherwise write the same step into a folder holding another
-    save's leftovers, and `auto` would refuse to start next to them."""
+    """Delete the cut-off saves (`is_cut_off_save`) and empty folders in `output_dir` above `newer_than`'s step (all
+    when None), with a warning each; returns their paths. The trainer would otherwise write the same step into a
+    folder holding another save's leftovers, and `auto` would refuse to start next to them. Other unmarked folders
+    are left alone."""
     floor = int(_CHECKPOINT_RE.match(os.path.basename(newer_than)).group(1)) if newer_than else -1
     removed = []
     for path in list_checkpoints(output_dir):
         step = int(_CHECKPOINT_RE.match(os.path.basename(path)).group(1))
-        if step > floor and is_cut_off_save(path):
+        kind = checkpoint_kind(path) if step > floor else None
+        if kind == "cut_off":
             logger.warning(f"Deleting {path}: a save that did not finish (no {COMPLETE_MARKER_NAME}).")
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+        elif kind == "empty":
+            with contextlib.suppress(OSError):  # not empty any more (being written): left alone
+                os.rmdir(path)
+                logger.warning(f"Removed {path}: an empty folder (a save cut off before its first file).")
+                removed.append(path)
     return removed
 
 
@@ -167,20 +210,24 @@ def resolve_resume_from_checkpoint(args, resume_from_checkpoint="from-args") -> 
         return _resolve(args, resume_from_checkpoint, log=getattr(args, "should_log", True))
     from accelerate.utils import broadcast_object_list, gather_object
 
-    choice = [None]
+    choice, failure = [None], None
     if state.is_main_process:
         try:
             path = _resolve(args, resume_from_checkpoint, log=True)
-            # The file this rank saw: the marker, or trainer_state.json for an unmarked checkpoint named as PATH.
-            proof = path and os.path.join(
-                path, COMPLETE_MARKER_NAME if is_complete_checkpoint(path) else TRAINER_STATE_NAME
-            )
+            # The file this rank saw: the marker, or trainer_state.json (0.1 checkpoint, or unmarked one named as PATH).
+            marker = path and os.path.join(path, COMPLETE_MARKER_NAME)
+            proof = path and (marker if os.path.isfile(marker) else os.path.join(path, TRAINER_STATE_NAME))
             choice = [("ok", path, proof)]
-        except CheckpointError as exc:
-            choice = [("error", str(exc), None)]
+        except Exception as exc:  # any error, not only CheckpointError: the other ranks must not wait for rank 0
+            failure = exc
+            choice = [("error", f"{type(exc).__name__}: {exc}", isinstance(exc, CheckpointError))]
     kind, value, proof = broadcast_object_list(choice, from_process=0)[0]
+    if failure is not None:
+        raise failure
     if kind == "error":
-        raise CheckpointError(value)
+        if proof:  # a CheckpointError on rank 0
+            raise CheckpointError(value.removeprefix(f"{CheckpointError.__name__}: "))
+        raise RuntimeError(f"Rank 0 failed while choosing the checkpoint to resume from: {value}")
     problem = None
     if proof is not None and not os.path.isfile(proof):
         mine = latest_checkpoint(args.output_dir) if args.output_dir else None
@@ -244,6 +291,7 @@ def _resolve(args, resume_from_checkpoint, log: bool) -> str | None:
                 f"`{PREFIX_CHECKPOINT_DIR}-N` folder to resume from. Check --output_dir, or drop the flag to start "
                 "fresh."
             )
+        _log_legacy(latest, log)
         return latest
     if latest is not None:  # auto
         if log:
@@ -251,14 +299,24 @@ def _resolve(args, resume_from_checkpoint, log: bool) -> str | None:
                 f"Resuming from {latest}, the latest checkpoint in output_dir (pass --resume_from_checkpoint false "
                 "and a new --output_dir to start a fresh run)."
             )
+        _log_legacy(latest, log)
         return latest
-    if output_dir and (unmarked := list_checkpoints(output_dir)):  # another trainer's checkpoints: never mixed with
+    if output_dir and (unmarked := list_checkpoints(output_dir)):  # not ours: never mixed with, never deleted
         raise CheckpointError(
-            f"output_dir {output_dir!r} holds checkpoints without {COMPLETE_MARKER_NAME} ({', '.join(unmarked)}), "
-            "not written by a trl_sapo trainer: resume from one with --resume_from_checkpoint PATH, or use a new "
-            "--output_dir."
+            f"output_dir {output_dir!r} holds checkpoint-N folders without {COMPLETE_MARKER_NAME} "
+            f"({', '.join(unmarked)}), not written by a trl_sapo trainer (another trainer's checkpoints, a model "
+            "export, or a copy in progress; left alone): resume from one with --resume_from_checkpoint PATH, or use "
+            "a new --output_dir."
         )
     return None
+
+
+def _log_legacy(path: str, log: bool) -> None:
+    if log and checkpoint_kind(path) == "legacy":
+        logger.warning(
+            f"{path} is a trl-sapo 0.1 checkpoint ({LEGACY_ROLLOUT_STATE_NAME}*.pt, written before "
+            f"{COMPLETE_MARKER_NAME} existed): complete by its {TRAINER_STATE_NAME}, resuming from it."
+        )
 
 
 # ---- completion marker and progress report ---------------------------------------------------------------------
@@ -333,6 +391,7 @@ def write_complete_marker(path: str | os.PathLike, global_step: int, num_process
     marker = os.path.join(path, COMPLETE_MARKER_NAME)
     info = {"global_step": global_step, "num_processes": num_processes, "host": socket.gethostname(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
-    with open(marker + ".tmp", "w") as f:
+    tmp = f"{marker}.{socket.gethostname()}.{os.getpid()}.tmp"  # own name: save_on_each_node writers share storage
+    with open(tmp, "w") as f:
         json.dump(info, f)
-    os.replace(marker + ".tmp", marker)
+    os.replace(tmp, marker)

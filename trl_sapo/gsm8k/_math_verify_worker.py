@@ -1,12 +1,12 @@
-"""Subprocess behind ``trl_sapo.gsm8k.rewards``: math_verify comparisons under a hard, signal-free time limit.
+"""Subprocess behind ``trl_sapo.gsm8k.math_verify_client``: math_verify comparisons under a hard, signal-free time limit.
 
 Run as a script (``python _math_verify_worker.py``; it imports nothing from trl_sapo). Protocol, one JSON object per
 line: the parent writes ``{"id": n, "gold": str, "pred": str, "time_limit": seconds}`` to stdin; this process
 answers ``{"id": n, "equal": bool, "status": "ok" | "timeout" | "error"}`` on its stdout, after a first
 ``{"ready": true}`` once math_verify is imported.
 
-This process imports math_verify once, then forks a single-threaded helper that does the parsing and verifying.
-When the helper has not answered within ``time_limit``, it is SIGKILLed (sympy evaluates big powers and integrals in
+It ignores SIGTERM, SIGINT and SIGUSR1 and exits when its stdin closes. This process imports math_verify once, then
+forks a single-threaded helper that does the parsing and verifying. When the helper has not answered within ``time_limit``, it is SIGKILLed (sympy evaluates big powers and integrals in
 C loops that never look at signals, so ``signal.alarm`` cannot stop them) and a fresh helper is forked from this
 already-imported process: milliseconds, instead of the seconds a new Python + sympy import takes.
 """
@@ -122,6 +122,10 @@ class _Helper:
 
 
 def main() -> None:
+    # SIGTERM/SIGUSR1 (SLURM's pre-emption signals reach every process of the step) and SIGINT (Ctrl-C reaches the
+    # whole process group) are for the trainer, which still scores its last step: this process exits on stdin EOF.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     # Anything a library prints must not corrupt the protocol: replies go to a private copy of stdout, fd 1 -> stderr.
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)

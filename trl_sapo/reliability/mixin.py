@@ -124,16 +124,23 @@ class ReliabilityMixin:
         self.add_callback(CheckpointCompletionCallback(self._preemption))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        self._rollout_resume.checkpoint = resolve_checkpoint(self, resume_from_checkpoint)
+        # True resolved here, by the completion marker (transformers' own resolution takes the highest checkpoint-*)
+        checkpoint = resolve_checkpoint(self, resume_from_checkpoint)
+        self._rollout_resume.checkpoint = checkpoint
         try:
-            output = super().train(resume_from_checkpoint, *args, **kwargs)
+            output = super().train(checkpoint or resume_from_checkpoint, *args, **kwargs)
         finally:
             if self._preemption is not None:
                 self._preemption.uninstall()  # also when train() raises: restore the previous SIGTERM handler
-        if self.preempted:
+        if self.preempted and self._preemption.saved_step == self.state.global_step:
             logger.warning(
                 f"Stopped by SIGTERM after saving checkpoint-{self.state.global_step}. Resume with "
                 f"resume_from_checkpoint=True; exit now (status {PREEMPTED_EXIT_CODE}) rather than save again."
+            )
+        elif self.preempted:  # not expected (the callback asks for the save); said plainly should it happen
+            logger.error(
+                f"Stopped by SIGTERM at step {self.state.global_step} without saving a checkpoint there (last save: "
+                f"step {self._preemption.saved_step}); a resumed run repeats the steps since."
             )
         return output
 

@@ -6,8 +6,12 @@ the ranks all-reduce it, save a full checkpoint (rollouts included) and stop; `t
 so that no post-training code runs inside the grace period. Further SIGTERMs are ignored (torchrun forwards SLURM's
 signal a second time); the hard stop is SIGKILL. Under `accelerate launch`/torchrun the agent SIGKILLs its workers
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT s (default 30; slurm/train_multinode.sbatch derives it from the signal lead time) after
-forwarding a SIGTERM: the step in progress plus the save must fit in it. A SIGTERM that arrives during a periodic
-save stops training right after that save. SIGUSR1 is handled the same way (the SLURM launcher's fallback when
+forwarding a SIGTERM: the step in progress plus the save must fit in it; the agent itself then exits 1 (torch's
+elastic agent re-raises the signal as SignalException), whatever its workers' status, so a launcher judges the stop
+by the checkpoint (slurm/train_multinode.sbatch reads the run-status file). A SIGTERM that arrives during a periodic
+save stops training right after that save. No evaluation runs after the signal and the checkpoint is saved once,
+whatever the save/eval strategy (an evaluation would spend the grace period, and with `save_strategy="best"` its
+result would veto the save). SIGUSR1 is handled the same way (the SLURM launcher's fallback when
 slurmctld is unreachable: srun forwards it). Compared with
 transformers' `enable_jit_checkpoint`: no 3 s per-rank timer (ranks could stop at different steps), never saves
 between backward and optimizer step, and the checkpoint holds the buffered rollouts.
@@ -37,6 +41,7 @@ class PreemptionCallback(TrainerCallback):
         self.trainer = trainer
         self.requested = False
         self.preempted = False
+        self.saved_step: int | None = None  # global step of the last save of this train() call
         self._previous: dict = {}
         self._installed = False
 
@@ -49,6 +54,7 @@ class PreemptionCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.requested = self.preempted = False
+        self.saved_step = None
         if threading.current_thread() is not threading.main_thread():
             warnings.warn("save_on_sigterm: train() is not in the main thread, SIGTERM is not handled.", stacklevel=2)
             return
@@ -62,13 +68,24 @@ class PreemptionCallback(TrainerCallback):
             self.preempted = True
             control.should_save = True
             control.should_training_stop = True
+            # No evaluation inside the grace period; with save_strategy="best" its result would also overwrite
+            # should_save (transformers 5.23 Trainer._maybe_log_save_evaluate, trainer.py:2269-2274): no checkpoint.
+            control.should_evaluate = False
 
     def on_save(self, args, state, control, **kwargs):
+        self.saved_step = state.global_step
         # A SIGTERM that arrived during a periodic save: stop right after it (that checkpoint is the one to resume
         # from) instead of training one more step and saving again inside the grace period.
         if not self.preempted and any_rank(self.requested, self.trainer.accelerator):
             self.preempted = True
             control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # Runs after the loop breaks: epoch strategies would evaluate and then save the marked checkpoint again in
+        # place (a kill during that rewrite leaves a marked, half-written checkpoint). Saved once is enough.
+        if self.preempted:
+            control.should_evaluate = False
+            control.should_save = self.saved_step != state.global_step
 
     def on_train_end(self, args, state, control, **kwargs):
         self.uninstall()

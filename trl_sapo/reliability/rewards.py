@@ -21,6 +21,7 @@ import functools
 import math
 import numbers
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -150,6 +151,8 @@ class RewardGuard:
             values = list(out)
         except TypeError:
             return out  # TRL raises its own error for a non-list output
+        if isinstance(out, Iterator):  # a generator: list() consumed it, TRL gets the values (it takes any iterable)
+            out = values
         for i, value in enumerate(values):
             if not _is_valid_reward(value):
                 message = (

@@ -15,16 +15,14 @@ from collections.abc import Callable
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+# The format names live in checkpoints.py, whose completeness rule is keyed by them.
+from ..checkpoints import LEGACY_ROLLOUT_STATE_NAME, ROLLOUT_STATE_NAME, resolve_resume_from_checkpoint
 from .distributed import any_rank
 
 logger = logging.get_logger(__name__)
-
-ROLLOUT_STATE_NAME = "rollout_state"
-LEGACY_ROLLOUT_STATE_NAME = "sapo_rollout_state"
-"""File name stem of checkpoints written by trl-sapo 0.1; `load_rollout_state` reads them too."""
 
 
 def rollout_state_file(
@@ -105,11 +103,13 @@ def load_rollout_state(trainer, checkpoint: str) -> dict | None:
 
 def resolve_checkpoint(trainer, resume_from_checkpoint) -> str | None:
     """The folder `Trainer.train(resume_from_checkpoint=...)` resumes from: None/False -> None, True -> the latest
-    `checkpoint-*` in `output_dir` (transformers 5.23 `Trainer.train`, trainer.py:1473-1474 and 1554-1556)."""
+    complete checkpoint in `output_dir` by this project's rule (`trl_sapo.checkpoints`: completion marker, 0.1
+    format, cut-off saves removed; `CheckpointError` when there is none), not transformers' `get_last_checkpoint`
+    (highest `checkpoint-*` with or without the marker). A collective with several processes."""
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
         return None
     if resume_from_checkpoint is True:
-        return get_last_checkpoint(trainer.args.output_dir)  # None: Trainer.train raises its own error
+        return resolve_resume_from_checkpoint(trainer.args, True)
     return str(resume_from_checkpoint)
 
 
