@@ -1,0 +1,116 @@
+"""AsyncSAPOTrainer end to end on CPU with the transformers rollout worker: lag 0 is on-policy, lag k > 0 makes the
+gate act, stale samples are dropped and counted, checkpoint + resume, a worker crash surfaces fast, no thread left."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from helpers import length_reward
+from test_async_sapo import ASYNC_KWARGS, NoTransfer
+from transformers import AutoModelForCausalLM
+from trl.experimental.async_grpo.async_rollout_worker import RolloutSample
+
+from trl_sapo.async_sapo import AsyncSAPOConfig, AsyncSAPOTrainer, RolloutWorkerError
+from trl_sapo.async_sapo.trainer import STATE_NAME
+
+PROMPTS = Dataset.from_dict({"prompt": [f"Add {i} and {2 * i}." for i in range(16)]})
+
+
+def run(model_path, tmp_path, reward=length_reward, resume=None, **overrides):
+    kwargs = {**ASYNC_KWARGS, "learning_rate": 0.05, "max_steps": 4, "logging_steps": 1, **overrides}
+    args = AsyncSAPOConfig(output_dir=str(tmp_path / "out"), **kwargs)
+    trainer = AsyncSAPOTrainer(str(model_path), reward, args=args, train_dataset=PROMPTS)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def logged(trainer, key):
+    return [row[key] for row in trainer.state.log_history if key in row]
+
+
+def worker_threads():
+    return [t for t in threading.enumerate() if t.name == "trl-sapo-rollout-worker"]
+
+
+def test_lag_zero_is_on_policy(tiny_model_path, tmp_path):
+    trainer = run(tiny_model_path, tmp_path, fixed_lag=0, max_staleness=0)
+    assert logged(trainer, "sample/staleness_max") == [0.0] * 4
+    for ratio in logged(trainer, "sapo/ratio_mean"):
+        assert abs(ratio - 1) < 1e-4  # packed CPU tree attention vs the generator's KV-cached forward
+    assert all(abs(w - 1) < 1e-4 for w in logged(trainer, "sapo/grad_weight_mean"))
+    assert not worker_threads()
+
+
+@pytest.mark.slow
+def test_lag_two_gate_acts_and_checkpoint_resumes(tiny_model_path, tmp_path):
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    trainer = run(tiny_model_path, tmp_path, fixed_lag=2, max_staleness=2, save_strategy="steps", save_steps=4)
+    assert logged(trainer, "sample/staleness_max") == [0.0, 1.0, 2.0, 2.0]  # min(step, k)
+    ratios = logged(trainer, "sapo/ratio_mean")
+    assert abs(ratios[0] - 1) < 1e-4 and abs(ratios[3] - 1) > 1e-3
+    assert logged(trainer, "sapo/grad_weight_mean")[3] < 1 - 1e-4
+    assert all(np.isfinite(logged(trainer, "loss")))
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
+    checkpoint = tmp_path / "out" / "checkpoint-4"
+    state = json.loads((checkpoint / STATE_NAME).read_text())
+    assert state["model_version"] == 5 and state["prompt_index"] == 4  # 4 steps x 1 group, 1 + 4 syncs
+    resumed = run(tiny_model_path, tmp_path, fixed_lag=2, max_staleness=2, max_steps=5, resume=str(checkpoint))
+    assert resumed.state.global_step == 5 and resumed.model_version == 7  # saved 5, +1 initial sync, +1 step
+    assert logged(resumed, "sample/staleness_max")[-1] == 0.0  # older policies are gone after a resume
+    assert not worker_threads()
+
+
+def test_worker_crash_surfaces_within_seconds(tiny_model_path, tmp_path):
+    calls = []
+
+    def reward_that_breaks(completions, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise ValueError("reward server down")
+        return [float(len(c)) for c in completions]
+
+    start = time.monotonic()
+    with pytest.raises(RolloutWorkerError, match="reward server down"):
+        run(tiny_model_path, tmp_path, reward=reward_that_breaks, fixed_lag=0, max_staleness=0, max_steps=3)
+    assert time.monotonic() - start < 30  # the whole run incl. model loading; the queue timeout alone is 5 s
+    assert not worker_threads()
+
+
+class QueuedWorker:
+    """A worker that hands out pre-made samples (stale and fresh), for the max_staleness drop count."""
+
+    def __init__(self, samples):
+        self.rollout_buffer, self.metrics_queue = queue.Queue(), queue.Queue()
+        for sample in samples:
+            self.rollout_buffer.put(sample)
+
+    def start(self): ...
+    def stop(self): ...
+    def update_model_version(self, version): ...
+    def check_health(self, stale_after_s): ...
+
+
+def test_stale_samples_dropped_and_counted(tiny_model_path, tmp_path):
+    def sample(version, group):
+        ids = np.arange(10, 18)
+        return RolloutSample(prompt="p", completion="c", input_ids=ids, completion_mask=np.array([0] * 4 + [1] * 4),
+                             old_log_probs=np.full(8, -10.0, dtype=np.float32), advantage=float(group % 2 * 2 - 1),
+                             model_version=version, group_id=group, metrics={"reward": 0.0})  # fmt: skip
+
+    # after the initial sync the trainer is at version 1: version-0 samples are 1 stale, past max_staleness=0
+    samples = [sample(0, g) for g in range(4)] + [sample(1, 4 + g) for g in range(4)]
+    args = AsyncSAPOConfig(output_dir=str(tmp_path / "out"), **{**ASYNC_KWARGS, "max_steps": 1, "max_staleness": 0})
+    trainer = AsyncSAPOTrainer(str(tiny_model_path), length_reward, args=args, train_dataset=PROMPTS,
+                               rollout_worker=QueuedWorker(samples), weight_transfer=NoTransfer())  # fmt: skip
+    trainer.train()
+    assert logged(trainer, "sample/dropped_stale_total") == [4.0]
+    assert logged(trainer, "sample/dropped_stale_share") == [0.5]
+    assert logged(trainer, "sample/staleness_max") == [0.0]
