@@ -34,6 +34,7 @@ ASYNC_KWARGS = {
     "max_completion_length": 6,
     "rollout_backend": "transformers",
     "token_budget": -1,
+    "heartbeat_stale_after_s": 10,  # a stalled schedule fails the test instead of hanging it
 }
 
 
@@ -84,6 +85,7 @@ def test_config_shares_sapo_fields_defaults_and_validation(tmp_path):
     assert AsyncSAPOConfig(str(tmp_path), loss_type="sapo").loss_type == "grpo"
 
 
+@pytest.mark.slow  # a fresh interpreter importing TRL: ~15 s on 2 shared cores
 def test_import_trl_sapo_does_not_import_async():
     code = (
         "import sys, trl_sapo; assert 'trl_sapo.async_sapo' not in sys.modules; "

@@ -48,7 +48,6 @@ def test_lag_zero_is_on_policy(tiny_model_path, tmp_path):
     assert not worker_threads()
 
 
-@pytest.mark.slow
 def test_lag_two_gate_acts_and_checkpoint_resumes(tiny_model_path, tmp_path):
     before = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
     trainer = run(tiny_model_path, tmp_path, fixed_lag=2, max_staleness=2, save_strategy="steps", save_steps=4)

@@ -122,6 +122,7 @@ class TransformersRolloutWorker:
         self._error: BaseException | None = None
         self._heartbeat = time.monotonic()
         self._idle = False  # waiting by design (for a policy, or on a full queue): not starving
+        self._waiting_for: int | None = None  # the policy version the fixed-lag schedule waits for
 
     # --- RolloutWorkerProtocol
     def start(self) -> None:
@@ -151,6 +152,11 @@ class TransformersRolloutWorker:
         if self._thread is None or not self._thread.is_alive():
             raise RolloutWorkerError("The rollout worker is not running (stopped, or never started).")
         silent = time.monotonic() - self._heartbeat
+        if self._waiting_for is not None and silent > stale_after_s:  # the trainer starves (it is polling us)
+            raise RolloutWorkerError(
+                f"Deadlock: the trainer waits for rollouts while the generator has waited {silent:.0f} s for policy "
+                f"version {self._waiting_for} (it holds {self.weights_version}); fixed_lag={self.fixed_lag}."
+            )
         if not self._idle and silent > stale_after_s:
             raise RolloutWorkerError(f"The rollout worker made no progress for {silent:.0f} s (> {stale_after_s} s).")
 
@@ -192,8 +198,10 @@ class TransformersRolloutWorker:
                     continue
                 step = micro_batch // self.gradient_accumulation_steps
                 wanted = self._start_version + max(step - self.fixed_lag, 0)
+                self._waiting_for = wanted
                 if not self._wait(lambda wanted=wanted: self.weights_version >= wanted):
                     return
+                self._waiting_for = None
                 if self.weights_version != wanted:
                     raise RuntimeError(
                         f"fixed lag broken: micro-batch {micro_batch} needs policy {wanted}, "
