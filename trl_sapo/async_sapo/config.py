@@ -106,5 +106,9 @@ class AsyncSAPOConfig(ReliabilityConfigMixin, SAPOFieldsMixin, AsyncGRPOConfig):
             problems.append(f"max_staleness >= fixed_lag (got {self.max_staleness}; samples would be dropped)")
         if self.token_budget is not None and self.token_budget > 0:
             problems.append(f"token_budget <= 0 (got {self.token_budget}: micro-batches must hold a fixed count)")
+        if k == 0 and self.world_size > 1:
+            problems.append(
+                "one process (with several, accelerate's dispatcher fetches a micro-batch ahead: lag >= 1)"
+            )
         if problems:
             raise SAPOConfigError(f"`fixed_lag={k}` needs " + "; ".join(problems) + ".")

@@ -76,7 +76,7 @@ class AsyncSAPOTrainer(AsyncGRPOTrainer):
             raise TypeError("AsyncSAPOTrainer (like TRL's AsyncGRPOTrainer) takes the model as a path or hub id.")
         model = str(model)
         enable_cpu_support()
-        if args.rollout_backend == "transformers" and rollout_worker is None:
+        if args.rollout_backend == "transformers" and rollout_worker is None and args.process_index == 0:
             for name in ("tools", "environment_factory"):
                 if kwargs.get(name) is not None:
                     raise ValueError(f"`{name}` needs TRL's vLLM rollout worker (rollout_backend='vllm').")
