@@ -247,3 +247,18 @@ def test_equals_sync_trainer_per_loss_type(tiny_model_path, tmp_path, batch, los
     metrics = ours._metrics["train"]
     assert bool(metrics.get("sapo/grad_weight_mean")) is use_sapo_loss
     assert bool(metrics.get("clip_ratio/region_mean")) is not use_sapo_loss
+
+
+def test_async_recipe_builds_a_valid_config(tmp_path):
+    """recipes/*_async.yaml: every key is an AsyncSAPOConfig field or one of the entry point's data/model keys."""
+    import yaml
+    from helpers import REPO_ROOT
+
+    script_keys = {"model_name_or_path", "dtype", "dataset_name", "num_train_examples", "num_few_shot",
+                   "reward_funcs", "soft_punish_cache"}  # fmt: skip
+    for path in sorted((REPO_ROOT / "recipes").glob("*_async.yaml")):
+        recipe = yaml.safe_load(path.read_text())
+        fields = AsyncSAPOConfig.__dataclass_fields__
+        assert set(recipe) - set(fields) <= script_keys, (path.name, set(recipe) - set(fields) - script_keys)
+        config = AsyncSAPOConfig(**{**{k: v for k, v in recipe.items() if k in fields}, "output_dir": str(tmp_path)})
+        assert config.rollout_backend == "transformers" and config.fixed_lag == 2
