@@ -113,3 +113,50 @@ def test_stale_samples_dropped_and_counted(tiny_model_path, tmp_path):
     assert logged(trainer, "sample/dropped_stale_total") == [4.0]
     assert logged(trainer, "sample/dropped_stale_share") == [0.5]
     assert logged(trainer, "sample/staleness_max") == [0.0]
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tiny_model_path, tmp_path):
+    """SIGTERM during step 2: the step finishes, a checkpoint (with the worker's resume state) is saved, train()
+    returns with `preempted`, and a new trainer resumes from it to the end."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    class SigtermAtStep2(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    kwargs = {**ASYNC_KWARGS, "learning_rate": 0.05, "max_steps": 4, "fixed_lag": 1, "max_staleness": 1}
+    args = AsyncSAPOConfig(output_dir=str(tmp_path / "out"), **kwargs)
+    trainer = AsyncSAPOTrainer(str(tiny_model_path), length_reward, args=args, train_dataset=PROMPTS,
+                               callbacks=[SigtermAtStep2()])  # fmt: skip
+    trainer.train()
+    assert trainer.preempted and trainer.state.global_step == 2
+    assert json.loads((tmp_path / "out" / "checkpoint-2" / STATE_NAME).read_text())["prompt_index"] == 2
+    assert signal.getsignal(signal.SIGTERM) is not trainer._preemption._handler  # handler uninstalled
+    resumed = run(
+        tiny_model_path, tmp_path, fixed_lag=1, max_staleness=1, resume=str(tmp_path / "out" / "checkpoint-2")
+    )
+    assert resumed.state.global_step == 4 and not resumed.preempted
+    assert not worker_threads()
+
+
+def test_nonfinite_step_is_skipped(tiny_model_path, tmp_path):
+    """A NaN loss on step 2 (nonfinite_policy='skip'): the optimizer step is skipped and counted, training goes on."""
+    kwargs = {**ASYNC_KWARGS, "learning_rate": 0.05, "max_steps": 3, "fixed_lag": 0, "max_staleness": 0}
+    args = AsyncSAPOConfig(output_dir=str(tmp_path / "out"), **kwargs)
+    trainer = AsyncSAPOTrainer(str(tiny_model_path), length_reward, args=args, train_dataset=PROMPTS)
+    compute_loss, snapshots = trainer.compute_loss, []
+
+    def nan_on_step_2(model, inputs, *args, **kwargs):
+        loss = compute_loss(model, inputs, *args, **kwargs)
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return loss * float("nan") if trainer.state.global_step == 1 else loss
+
+    trainer.compute_loss = nan_on_step_2
+    trainer.train()
+    assert trainer.state.global_step == 3 and logged(trainer, "nonfinite_steps")[-1] == 1.0
+    assert all(torch.equal(snapshots[1][n], snapshots[2][n]) for n in snapshots[1])  # step 2 changed nothing
+    assert any(not torch.equal(snapshots[0][n], snapshots[1][n]) for n in snapshots[0])  # step 1 did
