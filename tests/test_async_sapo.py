@@ -3,7 +3,6 @@ loss_type, the config shared with SAPOConfig, the lazy import and the CPU attent
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import queue
 import re
@@ -16,7 +15,7 @@ import torch
 import trl
 from datasets import Dataset
 from helpers import CPU_TRAINING_KWARGS, length_reward
-from test_trl_mirror import _digest, _find, _split
+from test_trl_mirror import _digest, replaced_regions
 from transformers import AutoModelForCausalLM
 from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
 from trl.experimental.async_grpo.async_grpo_trainer import DataCollatorForRollout
@@ -39,24 +38,6 @@ ASYNC_KWARGS = {
 
 
 # --- mirror -----------------------------------------------------------------------------------------------------
-def async_replaced_regions() -> list[list[str]]:
-    trl_lines = inspect.getsource(AsyncGRPOTrainer.compute_loss).splitlines()
-    ours = inspect.getsource(AsyncSAPOTrainer.compute_loss).splitlines()
-    segments, blocks = _split(ours)
-    assert blocks, "no SAPO block in AsyncSAPOTrainer.compute_loss"
-    regions, cursor = [], 0
-    for k, segment in enumerate(segments):
-        at = _find(trl_lines, segment, cursor)
-        if (k == 0 and at != 0) or at < 0:
-            diff = "\n".join(difflib.unified_diff(trl_lines, ours, "trl", "ours", lineterm=""))
-            raise AssertionError(f"AsyncSAPOTrainer.compute_loss no longer mirrors trl=={trl.__version__}:\n{diff}")
-        if k > 0:
-            regions.append(trl_lines[cursor:at])
-        cursor = at + len(segment)
-    assert cursor == len(trl_lines), "TRL's compute_loss continues after the mirror ends"
-    return regions
-
-
 def test_async_mirror_citation_and_regions():
     source = inspect.getsource(trl_sapo.async_sapo.trainer)
     cite = re.search(r"# Mirrored from trl==(\S+) (\S+) L(\d+)-L(\d+)", source)
@@ -64,7 +45,8 @@ def test_async_mirror_citation_and_regions():
     assert cite and cite.group(1) == trl.__version__
     assert inspect.getsourcefile(AsyncGRPOTrainer).endswith(cite.group(2))
     assert (int(cite.group(3)), int(cite.group(4))) == (first, first + len(lines) - 1)
-    digests = [_digest(region) for region in async_replaced_regions()]
+    regions = replaced_regions(AsyncGRPOTrainer.compute_loss, AsyncSAPOTrainer.compute_loss)
+    digests = [_digest(region) for region in regions]
     assert digests == REPLACED_TRL_REGIONS, "TRL changed a region a SAPO block replaces: read it and port it"
 
 
