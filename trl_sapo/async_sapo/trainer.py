@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, GenerationConfig
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl.experimental.async_grpo import AsyncGRPOTrainer
-from trl.experimental.async_grpo.async_grpo_trainer import AsyncRolloutWorker, nanmax, nanmin  # noqa: F401
+from trl.experimental.async_grpo.async_grpo_trainer import nanmax, nanmin  # names the mirrored code uses
 
 from .. import loss as sapo
 from ..reliability.nonfinite import NonFiniteWatchdog
