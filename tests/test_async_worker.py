@@ -171,3 +171,21 @@ def test_packed_cpu_attention_matches_the_generator_on_smollm2(smollm2_path, tmp
     (row,) = [row for row in trainer.state.log_history if "sapo/ratio_mean" in row]
     assert abs(row["sapo/ratio_mean"] - 1) < 1e-4 and row["sapo/ratio_max"] < 1 + 1e-3, row
     assert row["batch/packing_ratio"] > 1  # the group's shared prompt was forwarded once
+
+
+def test_lora_adapter_reaches_the_generator(tiny_model_path, tmp_path):
+    """PEFT: TRL merges the adapter for each sync; the generator loads the merged weights under their base names."""
+    from peft import LoraConfig
+
+    kwargs = {**ASYNC_KWARGS, "learning_rate": 0.05, "max_steps": 2, "fixed_lag": 0, "max_staleness": 0}
+    args = AsyncSAPOConfig(output_dir=str(tmp_path / "out"), **kwargs)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = AsyncSAPOTrainer(str(tiny_model_path), length_reward, args=args, train_dataset=PROMPTS, peft_config=lora)
+    trainer.train()
+    merged = trainer.model.merge_and_unload().state_dict()
+    generator = trainer.rollout_worker.model.state_dict()
+    assert all(torch.allclose(generator[k], merged[k], atol=1e-6) for k in generator if k in merged)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict()
+    assert any(not torch.equal(generator[k], base[k]) for k in generator if "q_proj" in k)  # the adapter arrived
+    for ratio in logged(trainer, "sapo/ratio_mean"):
+        assert abs(ratio - 1) < 1e-4  # lag 0: the generator holds the merged policy the trainer scores
