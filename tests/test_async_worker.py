@@ -189,3 +189,11 @@ def test_lora_adapter_reaches_the_generator(tiny_model_path, tmp_path):
     assert any(not torch.equal(generator[k], base[k]) for k in generator if "q_proj" in k)  # the adapter arrived
     for ratio in logged(trainer, "sapo/ratio_mean"):
         assert abs(ratio - 1) < 1e-4  # lag 0: the generator holds the merged policy the trainer scores
+
+
+def test_fixed_lag_counts_optimizer_steps_under_accumulation(tiny_model_path, tmp_path):
+    """With 2 micro-batches per optimizer step, both micro-batches of step s come from the policy of step s - k."""
+    trainer = run(tiny_model_path, tmp_path, fixed_lag=1, max_staleness=1, max_steps=3, gradient_accumulation_steps=2)
+    assert logged(trainer, "sample/staleness_max") == [0.0, 1.0, 1.0]
+    assert logged(trainer, "sample/staleness_mean") == [0.0, 1.0, 1.0]
+    assert logged(trainer, "batch/microbatches_per_step") == [2.0, 2.0, 2.0]
