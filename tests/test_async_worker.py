@@ -197,3 +197,12 @@ def test_fixed_lag_counts_optimizer_steps_under_accumulation(tiny_model_path, tm
     assert logged(trainer, "sample/staleness_max") == [0.0, 1.0, 1.0]
     assert logged(trainer, "sample/staleness_mean") == [0.0, 1.0, 1.0]
     assert logged(trainer, "batch/microbatches_per_step") == [2.0, 2.0, 2.0]
+
+
+def test_free_running_worker_trains(tiny_model_path, tmp_path):
+    """fixed_lag=None: the worker generates ahead with the newest weights, bounded by the queue; staleness is
+    whatever timing gives, within max_staleness."""
+    trainer = run(tiny_model_path, tmp_path, max_staleness=3, queue_maxsize=8)
+    assert trainer.state.global_step == 4 and all(np.isfinite(logged(trainer, "loss")))
+    assert all(0 <= s <= 3 for s in logged(trainer, "sample/staleness_max"))
+    assert logged(trainer, "sapo/grad_weight_mean") and not worker_threads()
