@@ -65,18 +65,19 @@ def _diff(trl_lines: list[str], ours: list[str]) -> str:
     )
 
 
-def replaced_regions() -> list[list[str]]:
-    """TRL's lines that each SAPO block stands in for; fails if the code outside the blocks is not TRL's."""
-    trl_lines = inspect.getsource(GRPOTrainer._compute_loss).splitlines()
-    ours = inspect.getsource(SAPOTrainer._compute_loss).splitlines()
+def replaced_regions(trl_function=GRPOTrainer._compute_loss, our_function=SAPOTrainer._compute_loss):
+    """TRL's lines that each SAPO block stands in for; fails if the code outside the blocks is not TRL's.
+    (tests/test_async_sapo.py passes AsyncGRPOTrainer.compute_loss and its AsyncSAPOTrainer mirror.)"""
+    trl_lines = inspect.getsource(trl_function).splitlines()
+    ours = inspect.getsource(our_function).splitlines()
     segments, blocks = _split(ours)
-    assert blocks, "no SAPO block found in SAPOTrainer._compute_loss"
+    assert blocks, f"no SAPO block found in {our_function.__qualname__}"
     regions, cursor = [], 0
     for k, segment in enumerate(segments):
         at = _find(trl_lines, segment, cursor)
         if k == 0 and at != 0 or at < 0:
             raise AssertionError(
-                f"SAPOTrainer._compute_loss no longer mirrors trl=={trl.__version__}: lines outside the SAPO blocks "
+                f"{our_function.__qualname__} no longer mirrors trl=={trl.__version__}: lines outside the SAPO blocks "
                 f"differ from TRL's (segment {k}, starting {segment[:1]}).\n{_diff(trl_lines, ours)}"
             )
         if k > 0:

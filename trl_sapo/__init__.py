@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 _EXPORTS = {
+    "AsyncSAPOConfig": "async_sapo",
+    "AsyncSAPOTrainer": "async_sapo",
     "NonFiniteError": "reliability",
     "ReliabilityConfigMixin": "reliability",
     "ReliabilityMixin": "reliability",
@@ -22,6 +24,8 @@ _EXPORTS = {
     "SAPOTrainer": "trainer",
 }
 __all__ = [
+    "AsyncSAPOConfig",
+    "AsyncSAPOTrainer",
     "NonFiniteError",
     "ReliabilityConfigMixin",
     "ReliabilityMixin",
@@ -35,6 +39,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .async_sapo import AsyncSAPOConfig, AsyncSAPOTrainer
     from .config import SAPOConfig, SAPOConfigError
     from .reliability import (
         NonFiniteError,
