@@ -3,22 +3,19 @@ model, data and batch, side by side in one process. Both on-policy (sync: one up
 and free-running), so each step is one generation of the batch plus one forward/backward; the first step (warm-up)
 is excluded. Times are medians over steps, from each trainer's `on_step_end` wall clock.
 
-    python benchmarks/async_step_time.py --model tiny --steps 12      # the copy task's 2-layer Llama (seconds)
-    python benchmarks/async_step_time.py --model smollm2 --steps 4    # SmolLM2-135M-Instruct (~2 min on 2 cores)
+    python -m benchmarks.async_step_time --model tiny --steps 12      # the copy task's 2-layer Llama (seconds)
+    python -m benchmarks.async_step_time --model smollm2 --steps 4    # SmolLM2-135M-Instruct (~2 min on 2 cores)
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from trl_sapo.tools.offline import use_offline_mode
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tools/ package
 
 use_offline_mode()
 

@@ -32,10 +32,10 @@ continued, `nice`d in the background. A run in progress is locked by its process
 the same command on another core takes the runs the first has not; each copy's report covers the runs it saw, so
 redraw it with --report_only when both are done.
 
-    python benchmarks/learning.py --smoke                                     # < 1 min, tiny settings
-    python benchmarks/learning.py --task copy --seeds 0 1 2 3 4 5 6 7 8 9     # the study (~1 h, 1 core)
-    python benchmarks/learning.py --task gsm8k --seeds 0 1 2 3 4              # SmolLM2, both regimes (hours)
-    python benchmarks/learning.py --task copy --report_only                   # redraw the report from the runs
+    python -m benchmarks.learning --smoke                                     # < 1 min, tiny settings
+    python -m benchmarks.learning --task copy --seeds 0 1 2 3 4 5 6 7 8 9     # the study (~1 h, 1 core)
+    python -m benchmarks.learning --task gsm8k --seeds 0 1 2 3 4              # SmolLM2, both regimes (hours)
+    python -m benchmarks.learning --task copy --report_only                   # redraw the report from the runs
                                                                               # (or, without them, the committed JSON)
 """
 
