@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from . import grpo
 from .async_args import refuse_sync_only
 from .grpo import check_args, main  # noqa: F401  (the module interface `trl-sapo` calls; async checks inside)
-from .training import run_entry_point, user_errors
 
 PROG = "trl-sapo async-grpo"
 DESCRIPTION = """\
@@ -60,14 +59,7 @@ def reject_remaining(config_remaining: list[str], cli_remaining: list[str], laun
 
 def cli_main(argv: Sequence[str] | None = None, callbacks=None) -> None:
     """`python -m trl_sapo.cli.async_grpo` / `accelerate launch -m trl_sapo.cli.async_grpo`."""
-
-    def parse_and_train():
-        with user_errors():
-            *parsed, config_remaining, cli_remaining = parse_args(list(sys.argv[1:] if argv is None else argv))
-        reject_remaining(config_remaining, cli_remaining, launcher=False)
-        return main(*parsed, callbacks=callbacks)
-
-    run_entry_point(PROG, parse_and_train)
+    grpo.cli_main(argv, callbacks, command=sys.modules[__name__])
 
 
 if __name__ == "__main__":

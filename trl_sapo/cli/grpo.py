@@ -206,17 +206,19 @@ def main(script_args, training_args: SAPOConfig, model_args: ModelConfig, datase
     return run_training(plan, training_args, model_args, callbacks=callbacks)
 
 
-def cli_main(argv: Sequence[str] | None = None, callbacks=None) -> None:
+def cli_main(argv: Sequence[str] | None = None, callbacks=None, command=None) -> None:
     """`python -m trl_sapo.cli.grpo` / `accelerate launch -m trl_sapo.cli.grpo`: parse, train, exit 2 with the
-    message on a user error, `PREEMPTED_EXIT_CODE` after a SIGTERM checkpoint."""
+    message on a user error, `PREEMPTED_EXIT_CODE` after a SIGTERM checkpoint. `command`: the module whose `PROG`,
+    `parse_args` and `reject_remaining` to use (default this one; `trl_sapo.cli.async_grpo` passes itself)."""
+    command = command or sys.modules[__name__]
 
     def parse_and_train():
         with user_errors():
-            *parsed, config_remaining, cli_remaining = parse_args(argv)
-        reject_remaining(config_remaining, cli_remaining, launcher=False)
+            *parsed, config_remaining, cli_remaining = command.parse_args(argv)
+        command.reject_remaining(config_remaining, cli_remaining, launcher=False)
         return main(*parsed, callbacks=callbacks)
 
-    run_entry_point(PROG, parse_and_train)
+    run_entry_point(command.PROG, parse_and_train)
 
 
 if __name__ == "__main__":
