@@ -75,17 +75,22 @@ def test_async_recipe_parses_as_async_and_the_flag_selects_it():
         gsm8k_recipe.parse_args(["--config", str(ASYNC_RECIPE), "--async_rollouts", "false"])
     *_, training_args, _ = gsm8k_recipe.parse_args(["--dataset_name", "synthetic"])
     assert type(training_args) is SAPOConfig
+    for switch in (["--async_rollouts"], ["--async_rollouts=true"], ["--async_rollouts", "True"]):
+        *_, training_args, _ = gsm8k_recipe.parse_args([*switch, "--dataset_name", "synthetic"])
+        assert isinstance(training_args, AsyncSAPOConfig), switch
+    *_, training_args, _ = gsm8k_recipe.parse_args(["--async_rollouts", "false", "--dataset_name", "synthetic"])
+    assert type(training_args) is SAPOConfig
 
 
 REFUSED = [
-    (["--reward_weights", "1.0"], "reward_weights"),
+    (["--reward_weights", "1.0"], "sums the rewards"),
     (["--beta", "0.04"], "no reference model"),
-    (["--use_vllm", "true"], "use_vllm"),
+    (["--use_vllm", "true", "--vllm_mode", "colocate"], "no vLLM colocate mode"),
     (["--vllm_mode", "server"], "colocate is not"),
-    (["--num_iterations", "2"], "num_iterations"),
-    (["--scale_rewards", "batch"], "scale_rewards"),  # a sync-only option without a special reason
+    (["--num_iterations", "2"], "trained on once"),
+    (["--scale_rewards", "batch"], "AsyncSAPOConfig has no such option"),  # no special reason
     (["--load_in_4bit", "true"], "quantization"),
-    (["--attn_implementation", "sdpa"], "attn_implementation"),
+    (["--attn_implementation", "sdpa"], "sets its own"),
     (["--eval_strategy", "steps"], "no evaluation loop"),
 ]
 

@@ -24,8 +24,8 @@ SYNC_ONLY_REASONS = {
     "reward_weights": "the async rollout worker sums the rewards with weight 1 (TRL's AsyncGRPOTrainer has no "
     "reward_weights); scale the reward inside its function instead",
     "beta": "AsyncSAPOTrainer has no reference model and no KL term (beta must stay 0)",
-    "use_vllm": "asynchronous rollouts come from a `trl vllm-serve` server with rollout_backend: vllm "
-    "(vllm_server_base_url), or from rollout_backend: transformers without vLLM",
+    "use_vllm": "no vLLM colocate mode here: asynchronous rollouts come from a `trl vllm-serve` server with "
+    "rollout_backend: vllm (vllm_server_base_url), or from rollout_backend: transformers without vLLM",
     "vllm_mode": "only vLLM server mode is supported (rollout_backend: vllm, `trl vllm-serve`); colocate is not",
     "num_iterations": "every rollout is trained on once; off-policyness comes from staleness (max_staleness, "
     "fixed_lag)",
