@@ -60,6 +60,14 @@ def test_gsm8k_entry_point_trains_async_from_one_flag(tiny_model_path, tmp_path)
     options = async_run_options(tiny_model_path, tmp_path / "out", dataset_name="synthetic", num_train_examples=16)
     gsm8k_main(["--async_rollouts", "true", *flags(options)])
     check_trained(tmp_path / "out")
+    first = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    # The same command with one more step resumes from checkpoint-2 (the shared path's default resume: auto): steps
+    # 1-2 come back from the checkpoint verbatim (timings included), step 3 is new.
+    gsm8k_main(["--async_rollouts", "true", *flags({**options, "max_steps": 3})])
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    steps = [row for row in state["log_history"] if "loss" in row]
+    assert state["global_step"] == 3 and [row["step"] for row in steps] == [1, 2, 3]
+    assert steps[:2] == [row for row in first if "loss" in row]
 
 
 def test_async_recipe_parses_as_async_and_the_flag_selects_it():
