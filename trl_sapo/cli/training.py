@@ -142,13 +142,15 @@ def run_training(
             if dataset is not None and dataset.column_names is not None:  # None: a streamed dataset
                 check_reward_columns(reward_funcs, dataset.column_names, split)
 
-    trainer_kwargs = {"eval_dataset": eval_dataset, "quantization_config": get_quantization_config(model_args)}
-    if is_async_config(training_args):  # neither exists there: check_async_args refused eval and quantization
+    if is_async_config(training_args):  # it takes no eval_dataset or quantization_config (check_async_args)
         from ..async_sapo import AsyncSAPOTrainer as trainer_class
 
+        if eval_dataset is not None:
+            raise UsageError("AsyncSAPOTrainer has no evaluation loop: set eval_strategy: no.")
         trainer_kwargs = {}
     else:
         trainer_class = SAPOTrainer
+        trainer_kwargs = {"eval_dataset": eval_dataset, "quantization_config": get_quantization_config(model_args)}
     trainer = trainer_class(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
