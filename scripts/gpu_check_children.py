@@ -91,26 +91,27 @@ def throughput(model_dir: Path, work_dir: Path, steps: int, device: str = "cuda"
     return result
 
 
+ASYNC_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "qwen2.5-0.5b-instruct_sapo_async.yaml"
+
+
 def async_trainer(model_dir: Path, work_dir: Path, steps: int, device: str = "cuda") -> dict:
-    """AsyncSAPOTrainer (its transformers rollout worker: vLLM is not carried to the GPU machine) for a few steps, as
-    its own tests build it: the model as a path, an AsyncSAPOConfig, plain-text prompts."""
+    """AsyncSAPOTrainer as users start it: the GSM8K entry point with the async GPU recipe (`async_rollouts: true`)
+    on synthetic problems for a few steps, with the transformers rollout worker (vLLM is not carried to the GPU
+    machine) in place of the recipe's `rollout_backend: vllm`."""
     import math
 
-    from datasets import Dataset
+    from trl_sapo.gsm8k.recipe import parse_args
+    from trl_sapo.gsm8k.train import train_gsm8k
 
-    from trl_sapo import AsyncSAPOConfig, AsyncSAPOTrainer
-
-    config = AsyncSAPOConfig(
-        output_dir=str(work_dir / "async"), bf16=device == "cuda", use_cpu=device == "cpu", max_steps=steps + 1,
-        per_device_train_batch_size=8, num_generations=8, max_completion_length=64, logging_steps=1,
-        report_to="none", save_strategy="no", learning_rate=1e-6, gradient_checkpointing=False,
-        rollout_backend="transformers",
-    )  # fmt: skip
-    from trl_sapo.gsm8k.synthetic import generate_problems
-
-    prompts = Dataset.from_dict({"prompt": generate_problems(32, seed=0)["question"]})
-    trainer = AsyncSAPOTrainer(str(model_dir), _length_reward, args=config, train_dataset=prompts)
-    trainer.train()
+    argv = ["--config", str(ASYNC_RECIPE), "--model_name_or_path", str(model_dir), "--output_dir",
+            str(work_dir / "async"), "--dataset_name", "synthetic", "--num_train_examples", "32", "--reward_funcs",
+            "scripts.gpu_check_children._length_reward", "--rollout_backend", "transformers", "--max_steps",
+            str(steps + 1), "--max_completion_length", "64", "--per_device_train_batch_size", "8",
+            "--gradient_accumulation_steps", "1", "--learning_rate", "1e-6", "--warmup_steps", "0",
+            "--logging_steps", "1", "--save_strategy", "no"]  # fmt: skip
+    if device == "cpu":
+        argv += ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32"]
+    trainer = train_gsm8k(*parse_args(argv))
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     if not losses or not all(math.isfinite(x) for x in losses):
         raise AssertionError(f"losses: {losses}")

@@ -34,6 +34,11 @@ vLLM server mode (generation on a dedicated GPU, training on the other 7):
     CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6 accelerate launch --config_file accelerate_configs/multi_gpu.yaml \
         --num_processes 7 scripts/gsm8k_sapo.py --config recipes/qwen2.5-1.5b-instruct_sapo.yaml --vllm_mode server
 
+Asynchronous (AsyncSAPOTrainer: `async_rollouts: true` in the recipe or `--async_rollouts true`; not yet run on a GPU):
+    CUDA_VISIBLE_DEVICES=0 trl vllm-serve --model Qwen/Qwen2.5-0.5B-Instruct --port 8000 &
+    CUDA_VISIBLE_DEVICES=1 python scripts/gsm8k_sapo.py --config recipes/qwen2.5-0.5b-instruct_sapo_async.yaml
+    python scripts/gsm8k_sapo.py --config recipes/smollm2-135m_cpu_async.yaml        # CPU, no vLLM
+
 Multi-node (2 machines x 8 GPUs; run on each machine with its rank; under SLURM use slurm/):
     accelerate launch --config_file accelerate_configs/multi_node.yaml --num_machines 2 --num_processes 16 \
         --machine_rank $NODE_RANK --main_process_ip $HEAD_NODE_IP --main_process_port 29500 \

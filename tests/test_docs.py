@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import re
 import runpy
 import shlex
@@ -28,13 +29,13 @@ DOCS = ["README.md", *sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_
 DOCS += ["benchmarks/README.md", "slurm/README.md"]
 REPO_DIRS = {"scripts", "recipes", "accelerate_configs", "benchmarks", "slurm", "docs", "tests", "tools", "trl_sapo"}
 COMMAND_START = re.compile(
-    r"^(python3?|\.venv/bin/\w+|make|trl-sapo-gsm8k|trl-sapo grpo|pip install)\b"
+    r"^(python3?|\.venv/bin/\w+|make|trl-sapo-gsm8k|trl-sapo (?:async-)?grpo|pip install)\b"
 )  # whole commands in prose
 ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 OUTPUT_FLAGS = {"--output", "--output_dir", "--results_dir"}  # what follows is written, not read
 TRAIN_SCRIPTS = {"scripts/gsm8k_sapo.py"}
 TRAIN_MODULES = {"trl_sapo.gsm8k.train"}
-GRPO_MODULES = {"trl_sapo.cli.grpo"}  # `trl-sapo grpo`
+GRPO_MODULES = {"trl_sapo.cli.grpo": "grpo", "trl_sapo.cli.async_grpo": "async_grpo"}  # `trl-sapo grpo`, ...
 CHECKOUT_PACKAGES = {"tools", "benchmarks", "scripts"}  # importable from the repository root only (not in the wheel)
 
 
@@ -150,17 +151,16 @@ def _parse_training(argv: list[str]) -> None:
         assert exit_.code in (0, None), f"training flags rejected: {argv}"
 
 
-def _parse_grpo(argv: list[str]) -> None:
-    """`trl-sapo grpo` flags and recipe: TrlParser parses them; what it leaves must be `accelerate launch` options."""
-    from trl_sapo.cli import grpo
-
+def _parse_grpo(argv: list[str], command: str = "grpo") -> None:
+    """`trl-sapo grpo`/`async-grpo` flags and recipe: TrlParser parses them; what it leaves must be `accelerate
+    launch` options (async-grpo: and no option of the synchronous trainer)."""
+    module = importlib.import_module(f"trl_sapo.cli.{command}")
     try:
-        *_, config_remaining, cli_remaining = grpo.parse_args(argv)
+        *parsed, config_remaining, cli_remaining = module.parse_args(argv)
     except SystemExit as exit_:  # --help
-        assert exit_.code in (0, None), f"trl-sapo grpo flags rejected: {argv}"
+        assert exit_.code in (0, None), f"trl-sapo {command} flags rejected: {argv}"
         return
-    grpo.reject_unknown(config_remaining[::2], "in a documented recipe", keys_only=True)
-    grpo.reject_unknown(cli_remaining, "in a documented command")
+    module.reject_remaining(config_remaining, cli_remaining, launcher=True)
 
 
 def _parse_eval(argv: list[str]) -> None:
@@ -178,7 +178,7 @@ def _check_python(words: list[str], monkeypatch) -> None:
         if module in TRAIN_MODULES:
             return _parse_training(argv)
         if module in GRPO_MODULES:
-            return _parse_grpo(argv)
+            return _parse_grpo(argv, GRPO_MODULES[module])
         return _run_until_parsed(module, argv, module=True, monkeypatch=monkeypatch)
     script, argv = words[0], words[1:]
     if script in TRAIN_SCRIPTS:
@@ -245,8 +245,8 @@ def check_command(words: list[str], made_dirs: set[str], monkeypatch) -> None:
     elif program == "trl-sapo-gsm8k":
         _parse_training(rest)
     elif program == "trl-sapo":
-        assert rest[0] == "grpo", words
-        _parse_grpo(rest[1:])
+        assert rest[0] in ("grpo", "async-grpo"), words
+        _parse_grpo(rest[1:], rest[0].replace("-", "_"))
     elif program == "accelerate":
         assert rest[0] == "launch", words
         _check_accelerate(rest[1:], monkeypatch)

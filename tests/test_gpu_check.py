@@ -5,6 +5,7 @@ by the real parser it reaches. The GPU runs themselves need a CUDA machine."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -208,15 +209,18 @@ def test_loss_overhead_command_parses(tmp_path, monkeypatch):
     assert args.device == "cuda" and args.models == ["random-1b"] and args.batch_sizes == [4]
 
 
-def test_async_check_skips_without_the_trainer_and_runs_it_when_present(tmp_path, monkeypatch):
-    import trl_sapo
-
-    monkeypatch.delattr(trl_sapo, "AsyncSAPOTrainer", raising=False)
-    results = gpu_check.run_checks([gpu_check.CHECKS["async"]], _ctx(tmp_path), budget_s=60)
-    assert results[0]["status"] == "SKIP" and "AsyncSAPOTrainer" in results[0]["error"]
-    monkeypatch.setattr(trl_sapo, "AsyncSAPOTrainer", object, raising=False)
+def test_async_check_runs_its_child(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "run_child", lambda ctx, name: {"child": name})
     assert gpu_check.run_checks([gpu_check.CHECKS["async"]], _ctx(tmp_path), 60)[0]["details"] == {"child": "async"}
+
+
+def test_async_child_check_runs_on_cpu(tiny_model_path, tmp_path):
+    """The async check's child, for real on CPU with the tiny model: the GPU recipe through the GSM8K entry point."""
+    from scripts.gpu_check_children import async_trainer
+
+    details = async_trainer(tiny_model_path, tmp_path, steps=1, device="cpu")
+    assert details["global_step"] == 2 and math.isfinite(details["final_loss"])
+    assert (tmp_path / "async" / "model.safetensors").is_file()
 
 
 def test_random_stand_in_model_when_the_hub_is_unreachable(tmp_path, monkeypatch, smollm2_path):

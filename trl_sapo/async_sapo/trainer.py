@@ -14,6 +14,7 @@ from trl.experimental.async_grpo import AsyncGRPOTrainer
 from trl.experimental.async_grpo.async_grpo_trainer import nanmax, nanmin  # names the mirrored code uses
 
 from .. import loss as sapo
+from ..checkpoints import CheckpointCompletionCallback
 from ..reliability.nonfinite import NonFiniteWatchdog
 from ..reliability.preemption import PreemptionCallback
 from ..trainer import SAPOTrainer
@@ -101,6 +102,8 @@ class AsyncSAPOTrainer(AsyncGRPOTrainer):
         for callback in (self._watchdog, self._preemption):
             if callback is not None:
                 self.add_callback(callback)
+        # checkpoint_complete.json after every save, as SAPOTrainer writes: the entry points' resume needs it
+        self.add_callback(CheckpointCompletionCallback(self._preemption))
 
     @staticmethod
     def _transformers_worker(model, args, tokenizer, dataset, reward_funcs) -> TransformersRolloutWorker:

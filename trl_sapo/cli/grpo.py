@@ -30,6 +30,7 @@ from trl.scripts.grpo import GRPOScriptArguments
 from ..checkpoints import document_resume_option
 from ..config import SAPOConfig
 from ..launch import parse_with_precision_defaults, precision_defaults
+from .async_args import async_model_config, check_async_args, is_async_config
 from .rewards import grpo_reward_registry, resolve_reward_funcs
 from .training import TrainingPlan, UsageError, run_entry_point, run_training, user_errors
 
@@ -71,12 +72,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     """Keeps the description's lines; lists defaults like HfArgumentParser does."""
 
 
-def make_parser(prog: str | None = None) -> TrlParser:
+def make_parser(prog: str | None = None, config_class: type = SAPOConfig, description: str = DESCRIPTION) -> TrlParser:
     """TrlParser over (SAPOScriptArguments, SAPOConfig, ModelConfig, DatasetMixtureConfig), as TRL 1.16's
-    `trl.scripts.grpo.make_parser` with SAPOConfig for GRPOConfig; precision defaults for machines without bf16."""
-    dataclass_types = (SAPOScriptArguments, SAPOConfig, ModelConfig, DatasetMixtureConfig)
+    `trl.scripts.grpo.make_parser` with SAPOConfig for GRPOConfig; precision defaults for machines without bf16.
+
+    `config_class=AsyncSAPOConfig` (`trl-sapo async-grpo`): `--dtype` is the config's (`async_model_config`)."""
+    model_config = ModelConfig if config_class is SAPOConfig else async_model_config()
+    dataclass_types = (SAPOScriptArguments, config_class, model_config, DatasetMixtureConfig)
     parser = TrlParser(
-        dataclass_types, prog=prog or PROG, usage=USAGE, description=DESCRIPTION, formatter_class=_HelpFormatter
+        dataclass_types, prog=prog or PROG, usage=USAGE, description=description, formatter_class=_HelpFormatter
     )
     parser.set_defaults(**precision_defaults())
     document_resume_option(parser)  # true / false / auto / path, resolved by trl_sapo.checkpoints
@@ -121,8 +125,23 @@ def reject_unknown(strings: Sequence[str], where: str, keys_only: bool = False) 
         )
 
 
+def reject_remaining(config_remaining: list[str], cli_remaining: list[str], launcher: bool) -> tuple[list, list]:
+    """Raise `UsageError` for what TrlParser left that is not an `accelerate launch` option (`launcher`: the
+    `trl-sapo` command, which passes them on; otherwise the training process, where they come too late). Returns
+    the two lists (`trl-sapo async-grpo` drops the harmless ones it accepts)."""
+    # accelerate options in the YAML are for the launcher; anything else is a mistake.
+    reject_unknown(config_remaining[::2], "in the --config YAML", keys_only=True)
+    if launcher:
+        reject_unknown(cli_remaining, "on the command line")
+    elif cli_remaining:
+        raise UsageError(f"unknown option(s) {cli_remaining}; `accelerate launch` options go before `-m`.")
+    return config_remaining, cli_remaining
+
+
 def check_args(script_args, training_args: SAPOConfig, model_args: ModelConfig, dataset_args) -> None:
     """Reject what would fail late (after model loading) or be silently ignored; resolve the rewards once."""
+    if is_async_config(training_args):  # `trl-sapo async-grpo`
+        check_async_args(training_args, model_args, script_args.reward_model_name_or_path)
     if not model_args.model_name_or_path:
         raise UsageError("`model_name_or_path` is required (a Hub id or a local model folder).")
     if not dataset_args.datasets and not script_args.dataset_name:
@@ -187,20 +206,19 @@ def main(script_args, training_args: SAPOConfig, model_args: ModelConfig, datase
     return run_training(plan, training_args, model_args, callbacks=callbacks)
 
 
-def cli_main(argv: Sequence[str] | None = None, callbacks=None) -> None:
+def cli_main(argv: Sequence[str] | None = None, callbacks=None, command=None) -> None:
     """`python -m trl_sapo.cli.grpo` / `accelerate launch -m trl_sapo.cli.grpo`: parse, train, exit 2 with the
-    message on a user error, `PREEMPTED_EXIT_CODE` after a SIGTERM checkpoint."""
+    message on a user error, `PREEMPTED_EXIT_CODE` after a SIGTERM checkpoint. `command`: the module whose `PROG`,
+    `parse_args` and `reject_remaining` to use (default this one; `trl_sapo.cli.async_grpo` passes itself)."""
+    command = command or sys.modules[__name__]
 
     def parse_and_train():
         with user_errors():
-            *parsed, config_remaining, cli_remaining = parse_args(argv)
-        # accelerate options in the YAML were for the launcher; anything else is a mistake.
-        reject_unknown(config_remaining[::2], "in the --config YAML", keys_only=True)
-        if cli_remaining:
-            raise UsageError(f"unknown option(s) {cli_remaining}; `accelerate launch` options go before `-m`.")
+            *parsed, config_remaining, cli_remaining = command.parse_args(argv)
+        command.reject_remaining(config_remaining, cli_remaining, launcher=False)
         return main(*parsed, callbacks=callbacks)
 
-    run_entry_point(PROG, parse_and_train)
+    run_entry_point(command.PROG, parse_and_train)
 
 
 if __name__ == "__main__":

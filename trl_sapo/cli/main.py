@@ -159,8 +159,7 @@ class SAPOTrainingCommand(Command):
             num_processes = launched_num_processes(all_args)
         with user_errors(), _quiet_logger("trl_sapo.launch"), _world_size(num_processes):
             *parsed, config_remaining, cli_remaining = module.parse_args(all_args, parser=parser)
-        module.reject_unknown(config_remaining[::2], "in the --config YAML", keys_only=True)
-        module.reject_unknown(cli_remaining, "on the command line")
+        config_remaining, cli_remaining = module.reject_remaining(config_remaining, cli_remaining, launcher=True)
         module.check_args(*parsed)
         with user_errors():
             launch_args = resolve_accelerate_config_argument(launch_args_from_config(config_remaining) + cli_remaining)
@@ -193,6 +192,11 @@ class SAPOTrainingCommand(Command):
 
 COMMANDS: list[Command] = [
     SAPOTrainingCommand("grpo", "trl_sapo.cli.grpo", "Train with SAPO: `trl grpo` with the SAPO loss"),
+    SAPOTrainingCommand(
+        "async-grpo",
+        "trl_sapo.cli.async_grpo",
+        "Train with SAPO on asynchronous rollouts (AsyncSAPOTrainer): `trl-sapo grpo` with a rollout worker",
+    ),
 ]
 
 
@@ -203,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="trl-sapo",
         allow_abbrev=False,
         description="SAPO training from the command line: `trl-sapo grpo` takes every `trl grpo` argument and "
-        "recipe, plus the SAPOConfig options. `trl-sapo grpo --help` lists them.",
+        "recipe, plus the SAPOConfig options; `trl-sapo async-grpo` trains the same way on asynchronous rollouts "
+        "(AsyncSAPOTrainer). `trl-sapo <command> --help` lists the options.",
     )
     subparsers = parser.add_subparsers(help="available commands", dest="command")
     for command in COMMANDS:

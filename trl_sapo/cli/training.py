@@ -1,6 +1,6 @@
-"""The training path every entry point shares (`trl-sapo grpo`, the GSM8K recipe): lock, resume, rewards, data,
-`SAPOTrainer`, train, save, model card, Hub push; and the rule that a user error ends with its message, not a
-traceback (`exit_on_user_error`).
+"""The training path every entry point shares (`trl-sapo grpo`, `trl-sapo async-grpo`, the GSM8K recipe): lock,
+resume, rewards, data, `SAPOTrainer` (or `AsyncSAPOTrainer` for an AsyncSAPOConfig), train, save, model card, Hub
+push; and the rule that a user error ends with its message, not a traceback (`exit_on_user_error`).
 
 An entry point supplies what differs (how rewards and datasets load, the model card's dataset and tags); everything
 from `acquire_run_lock` to `trainer.end()` is here once.
@@ -77,6 +77,12 @@ def run_entry_point(prog: str, parse_and_train: Callable[[], SAPOTrainer]) -> No
         sys.exit(PREEMPTED_EXIT_CODE)
 
 
+def is_async_config(training_args) -> bool:
+    """True for an AsyncSAPOConfig (without importing the async package for synchronous runs)."""
+    module = sys.modules.get("trl_sapo.async_sapo.config")
+    return module is not None and isinstance(training_args, module.AsyncSAPOConfig)
+
+
 @dataclass
 class TrainingPlan:
     """What an entry point adds to the shared path.
@@ -124,6 +130,8 @@ def run_training(
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }
+    if is_async_config(training_args):  # AsyncGRPOTrainer sets its own attention; the dtype is its config's
+        del model_init_kwargs["attn_implementation"], model_init_kwargs["dtype"]
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = model_init_kwargs
 
@@ -134,21 +142,31 @@ def run_training(
             if dataset is not None and dataset.column_names is not None:  # None: a streamed dataset
                 check_reward_columns(reward_funcs, dataset.column_names, split)
 
-    trainer = SAPOTrainer(
+    if is_async_config(training_args):  # it takes no eval_dataset or quantization_config (check_async_args)
+        from ..async_sapo import AsyncSAPOTrainer as trainer_class
+
+        if eval_dataset is not None:
+            raise UsageError("AsyncSAPOTrainer has no evaluation loop: set eval_strategy: no.")
+        trainer_kwargs = {}
+    else:
+        trainer_class = SAPOTrainer
+        trainer_kwargs = {"eval_dataset": eval_dataset, "quantization_config": get_quantization_config(model_args)}
+    trainer = trainer_class(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
         callbacks=callbacks,
-        quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
+        **trainer_kwargs,
     )
     try:
         check_backend(trainer.accelerator.distributed_type)
     except RuntimeError as err:
         raise UsageError(str(err)) from err
     objective = "SAPO" if training_args.use_sapo_loss else f"GRPO-clipped ({training_args.loss_type})"
+    if is_async_config(training_args):
+        objective += f" on asynchronous rollouts ({training_args.rollout_backend} worker)"
     size = f"{len(train_dataset)} examples" if hasattr(train_dataset, "__len__") else "a streamed dataset"
     trainer.accelerator.print(
         f"Training {model_args.model_name_or_path} with {objective} on {size} {plan.description} "

@@ -83,6 +83,14 @@ class GSM8KScriptArguments:
             "(default max_completion_length // 6). Only read with 'overlong' in reward_funcs."
         },
     )
+    async_rollouts: bool = field(
+        default=False,
+        metadata={
+            "help": "Train asynchronously: AsyncSAPOTrainer with AsyncSAPOConfig's options (rollout_backend, "
+            "max_staleness, fixed_lag, ...; see recipes/smollm2-135m_cpu_async.yaml). Options of the synchronous "
+            "trainer it lacks (reward_weights, beta, use_vllm, vllm_mode, ...) and eval are refused."
+        },
+    )
     merge_adapter_on_save: bool = field(
         default=False,
         metadata={
@@ -92,10 +100,17 @@ class GSM8KScriptArguments:
     )
 
 
-def make_parser() -> TrlParser:
-    """TrlParser over (GSM8KScriptArguments, SAPOConfig, ModelConfig) with this recipe's defaults."""
+def make_parser(async_rollouts: bool = False) -> TrlParser:
+    """TrlParser over (GSM8KScriptArguments, SAPOConfig, ModelConfig) with this recipe's defaults; with
+    `async_rollouts`, AsyncSAPOConfig for SAPOConfig (and its `--dtype` for ModelConfig's)."""
+    dataclass_types = (GSM8KScriptArguments, SAPOConfig, ModelConfig)
+    if async_rollouts:
+        from ..async_sapo import AsyncSAPOConfig
+        from ..cli.async_args import async_model_config
+
+        dataclass_types = (GSM8KScriptArguments, AsyncSAPOConfig, async_model_config())
     parser = TrlParser(
-        (GSM8KScriptArguments, SAPOConfig, ModelConfig),
+        dataclass_types,
         description="Train a causal LM on GSM8K with SAPO. Launch commands: see the docstring of scripts/gsm8k_sapo.py.",
     )
     parser.set_defaults(model_name_or_path=DEFAULT_MODEL, output_dir=DEFAULT_OUTPUT_DIR)
@@ -104,10 +119,40 @@ def make_parser() -> TrlParser:
     return parser
 
 
+def wants_async(args: list[str]) -> bool:
+    """The `async_rollouts` switch as the full parse will read it (flag over YAML key), read first because it
+    chooses the config class."""
+    switch_parser = TrlParser([_AsyncSwitch])
+    switch, _ = switch_parser.parse_args_and_config(
+        [arg for arg in args if arg not in ("-h", "--help")], return_remaining_strings=True
+    )
+    return switch.async_rollouts
+
+
+@dataclass
+class _AsyncSwitch:
+    async_rollouts: bool = False
+
+
 def parse_args(args: list[str] | None = None) -> tuple[GSM8KScriptArguments, SAPOConfig, ModelConfig]:
-    """Parse `--config recipe.yaml` and command-line flags (which win) into the three argument dataclasses."""
+    """Parse `--config recipe.yaml` and command-line flags (which win) into the three argument dataclasses; with
+    `async_rollouts` the config is an AsyncSAPOConfig, and the synchronous trainer's options are refused."""
+    from ..cli.async_args import async_only_fields, refuse_sync_only
+
     args = list(sys.argv[1:] if args is None else args)
-    return parse_with_precision_defaults(make_parser(), args)
+    async_rollouts = wants_async(args)
+    *parsed, config_remaining, cli_remaining = parse_with_precision_defaults(
+        make_parser(async_rollouts), args, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    if async_rollouts:
+        config_remaining = refuse_sync_only(config_remaining, "in the --config YAML")
+        cli_remaining = refuse_sync_only(cli_remaining, "on the command line")
+    unknown = config_remaining[::2] + cli_remaining
+    if unknown:
+        keys = {arg.lstrip("-").split("=")[0] for arg in unknown}
+        hint = " (AsyncSAPOConfig options: set async_rollouts: true)" if keys & async_only_fields() else ""
+        raise ValueError(f"unknown option(s) {unknown}{hint}; `trl-sapo-gsm8k --help` lists the options.")
+    return tuple(parsed)
 
 
 def check_args(script_args: GSM8KScriptArguments, training_args: SAPOConfig, model_args: ModelConfig) -> None:
@@ -126,6 +171,10 @@ def check_args(script_args: GSM8KScriptArguments, training_args: SAPOConfig, mod
         raise ValueError(f"`num_few_shot` must be >= 0, got {script_args.num_few_shot}.")
     if script_args.soft_punish_cache is not None and "overlong" not in script_args.reward_funcs:
         raise ValueError("`soft_punish_cache` only configures the `overlong` reward; add 'overlong' to reward_funcs.")
+    if script_args.async_rollouts:
+        from ..cli.async_args import check_async_args
+
+        check_async_args(training_args, model_args)
 
 
 def load_reward_funcs(

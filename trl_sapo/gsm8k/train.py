@@ -14,6 +14,10 @@ Installed (`pip install trl-sapo`), the same entry point runs three ways:
 From a checkout `scripts/gsm8k_sapo.py` is the same program (`accelerate launch scripts/gsm8k_sapo.py ...`); its
 docstring lists the launch commands for 1 GPU, DDP, DeepSpeed, FSDP2, LoRA, vLLM server mode and multi-node.
 
+Asynchronous training: `async_rollouts: true` in the recipe (or `--async_rollouts true`) parses AsyncSAPOConfig and
+trains with `AsyncSAPOTrainer` on the same path (recipes/*_async.yaml); the synchronous trainer's options it lacks
+(reward_weights, beta, use_vllm, ...) are refused (trl_sapo/cli/async_args.py).
+
 Resume: run the same command again; it continues from the latest checkpoint in output_dir (and says so).
 `--resume_from_checkpoint true|false|auto|PATH` chooses explicitly (trl_sapo/checkpoints.py).
 
@@ -48,7 +52,7 @@ PROG = "trl-sapo-gsm8k"
 
 def train_gsm8k(
     script_args: GSM8KScriptArguments,
-    training_args: SAPOConfig,
+    training_args: SAPOConfig,  # or AsyncSAPOConfig (async_rollouts): AsyncSAPOTrainer
     model_args: ModelConfig,
     callbacks: list[TrainerCallback] | None = None,
 ) -> SAPOTrainer:
