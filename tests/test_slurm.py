@@ -312,14 +312,21 @@ def test_preempted_job_requeues_and_resumes_bit_exact(slurm_cluster, tmp_path, t
     assert diff == 0.0
 
 
-# Stand-in for `accelerate launch`: the first run reports that training began, waits for SIGTERM, reports a complete
-# checkpoint and its stop (as trl_sapo's CheckpointCompletionCallback does) and exits 1, as torchrun's agent does after
-# any signal; a restart finishes at once.
+# Stand-in for `accelerate launch`: the first run reports that training began, waits for SIGTERM, then (machine rank 0
+# after FAKE_SAVE_SECONDS, ignoring further signals as a save in progress would) reports a complete checkpoint and its
+# stop (as trl_sapo's CheckpointCompletionCallback does) and exits 1, as torchrun's agent does after any signal; a
+# restart finishes at once.
 FAKE_ACCELERATE = """#!/bin/bash
 echo "FAKE_TRAIN restart=$SAPO_RESTART_COUNT args: $*"
 if [[ "$SAPO_RESTART_COUNT" != 0 ]]; then echo "FAKE_TRAIN finished"; exit 0; fi
 report() { [[ $SLURM_NODEID != 0 ]] || echo "$1 restart=$SAPO_RESTART_COUNT step=7${2:+ path=$2}" >>"$SAPO_RUN_STATUS_FILE"; }
-on_stop() { echo "FAKE_TRAIN got $1"; report checkpoint out/checkpoint-7; report sigterm_stop; exit 1; }
+on_stop() {
+    trap '' TERM USR1
+    echo "FAKE_TRAIN got $1"
+    [[ $SLURM_NODEID != 0 ]] || sleep "$FAKE_SAVE_SECONDS"
+    mkdir -p "$FAKE_CHECKPOINT"
+    report checkpoint "$FAKE_CHECKPOINT"; report sigterm_stop; exit 1
+}
 trap 'on_stop SIGTERM' TERM
 trap 'on_stop SIGUSR1' USR1  # the trap's fallback; torchrun's agent and the trainers handle it like SIGTERM
 report train_begin
@@ -328,63 +335,101 @@ for i in $(seq 1 1200); do sleep 0.1; done
 exit 3
 """
 FAILING_CLIENT = '#!/bin/bash\necho "$(basename $0): error: Unable to contact slurm controller" >&2\nexit 1\n'
+# `scontrol show job` fails on its first call (slurmctld busy), everything else is the real scontrol.
+SCONTROL_FAILING_ONCE = """#!/bin/bash
+if [[ $1 == show && $2 == job && ! -e "$FAKE_FAILED_ONCE" ]]; then
+    touch "$FAKE_FAILED_ONCE"; echo "scontrol: error: Socket timed out on send/recv operation" >&2; exit 1
+fi
+exec {scontrol} "$@"
+"""
+TIME_LIMIT = ("--time=2", "60")  # sbatch --time (minutes), SBATCH_SIGNAL lead: SLURM warns 30-60 s after the start
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.timeout(JOB_TIMEOUT)
+@pytest.mark.timeout(2 * JOB_TIMEOUT)
 @pytest.mark.parametrize(
-    ("scancel_flags", "requeued", "slurmctld_down_in_trap"),
-    [(["--batch"], True, False), ([], False, False), (["--batch"], True, True)],
-    ids=["time-limit-warning-requeues", "user-stop-does-not", "trap-without-squeue-scancel"],
-)
-def test_launcher_requeues_on_time_limit_signal_but_not_on_user_stop(
-    slurm_cluster, tmp_path, scancel_flags, requeued, slurmctld_down_in_trap
+    ("stop", "state", "restarts", "slurmctld_down_in_trap", "save_seconds"),
+    [("time-limit", "COMPLETED", 1, False, 8), ("scancel", "CANCELLED", 0, False, 0),
+     ("scancel --signal=TERM", "COMPLETED", 0, False, 8), ("scancel --batch --signal=TERM", "COMPLETED", 0, False, 8),
+     ("time-limit", "COMPLETED", 1, True, 0), ("pre-emption", "COMPLETED", 1, False, 0)],
+    ids=["time-limit-requeues", "cancel-stays-cancelled", "user-stop-of-the-steps", "user-stop-through-the-batch-script",
+         "trap-without-squeue-scancel", "pre-emption-with-busy-slurmctld-and-user-time-format"],
+)  # fmt: skip
+def test_launcher_requeues_on_time_limit_and_preemption_but_not_on_cancel_or_user_stop(
+    slurm_cluster, tmp_path, stop, state, restarts, slurmctld_down_in_trap, save_seconds
 ):
-    """`--signal=B:TERM@180` delivers SIGTERM to the batch script only (here: `scancel --batch`): the launcher passes
-    it to the training step, requeues, and the restart appends `--resume_from_checkpoint auto`. SIGTERM to the job
-    steps only (`scancel --signal=TERM <job>`, a user stopping the run) checkpoints and ends the job for good, as
-    COMPLETED 0:0 although torchrun exits 1 after a signal. With `squeue` and `scancel` failing inside the batch
-    script (slurmctld unreachable), the trap still reaches the training step (SIGUSR1 through srun and the slurmds,
-    which torchrun's agent and the trainers handle like SIGTERM)."""
+    """With a stand-in for the training on both nodes, the job's end for each way it can be stopped:
+
+    * its real time limit (`--time=2`, `SBATCH_SIGNAL=B:TERM@60`: SIGTERM to the batch script only): the launcher
+      passes it to the training step, requeues, and the restart appends the checkpoint this job saved (not `auto`,
+      and not the one named at submission); also with `squeue` and `scancel` failing inside the batch script
+      (slurmctld unreachable), where SIGUSR1 through srun and the slurmds still reaches the training;
+    * a real pre-emption (GraceTime: SIGTERM to the steps) while the first `scontrol show job` fails and the user
+      exported SLURM_TIME_FORMAT: still requeued;
+    * a plain `scancel <job>` after the checkpoint: stays CANCELLED, no restart (SLURM SIGTERMs the batch script too
+      and `scontrol requeue` accepts a completing job);
+    * a user's stop, `scancel --signal=TERM <job>` (steps) or `scancel --batch --signal=TERM <job>` (through the
+      launcher): checkpoint, not requeued, COMPLETED 0:0 although torchrun exits 1 after a signal, and although the
+      other node's torchrun exits 1 while machine rank 0 still saves (8 s: srun --kill-on-bad-exit must not cut it)."""
     fake = tmp_path / "fake_accelerate"
     fake.write_text(FAKE_ACCELERATE)
     fake.chmod(0o755)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model_name_or_path: x\n")
-    ready = tmp_path / "ready"
-    env = {"LOG_DIR": str(tmp_path / "logs"), "GPUS_PER_NODE": "0", "ACCELERATE": str(fake), "FAKE_READY": str(ready)}
+    ready, checkpoint = tmp_path / "ready", tmp_path / "out" / "checkpoint-7"
+    env = {"LOG_DIR": str(tmp_path / "logs"), "GPUS_PER_NODE": "0", "ACCELERATE": str(fake), "FAKE_READY": str(ready),
+           "FAKE_SAVE_SECONDS": str(save_seconds), "FAKE_CHECKPOINT": str(checkpoint)}  # fmt: skip
+    time_limit = []
+    if stop == "time-limit":
+        time_limit, env["SBATCH_SIGNAL"] = [TIME_LIMIT[0]], f"B:TERM@{TIME_LIMIT[1]}"
+    (tmp_path / "bin").mkdir()
     if slurmctld_down_in_trap:
-        (tmp_path / "bin").mkdir()
         for name in ("squeue", "scancel"):
             (tmp_path / "bin" / name).write_text(FAILING_CLIENT)
             (tmp_path / "bin" / name).chmod(0o755)
-        env["PATH"] = f"{tmp_path / 'bin'}:{slurm_cluster.env['PATH']}"
+    if stop == "pre-emption":
+        (tmp_path / "bin" / "scontrol").write_text(
+            SCONTROL_FAILING_ONCE.format(scontrol=shutil.which("scontrol", path=slurm_cluster.env["PATH"]))
+        )
+        (tmp_path / "bin" / "scontrol").chmod(0o755)
+        env |= {"FAKE_FAILED_ONCE": str(tmp_path / "failed_once"), "SLURM_TIME_FORMAT": "%d.%m. %H:%M"}
+    env["PATH"] = f"{tmp_path / 'bin'}:{slurm_cluster.env['PATH']}"
     job_id = slurm_cluster.sbatch(
-        ["--nodes=2", f"--output={tmp_path}/slurm-%j.out", str(LAUNCHER), ACCEL_CONFIG, str(recipe),
-         "--resume_from_checkpoint", "out/checkpoint-7"], env=env, cwd=REPO_ROOT)  # fmt: skip
+        ["--nodes=2", *time_limit, f"--output={tmp_path}/slurm-%j.out", str(LAUNCHER), ACCEL_CONFIG, str(recipe),
+         "--resume_from_checkpoint", "old/checkpoint-5"], env=env, cwd=REPO_ROOT)  # fmt: skip
     wait_for(lambda: all(Path(f"{ready}.{rank}").exists() for rank in (0, 1)), 60, "both nodes training")
-    slurm_cluster.run(["scancel", *scancel_flags, "--signal=TERM", job_id])
-    info = slurm_cluster.wait(job_id, timeout=JOB_TIMEOUT - 30)
+    if stop == "pre-emption":
+        slurm_cluster.preempt()
+    elif stop != "time-limit":
+        slurm_cluster.run([*stop.split(), job_id])
+    info = slurm_cluster.wait(job_id, timeout=2 * JOB_TIMEOUT - 30)
     batch_out = (tmp_path / f"slurm-{job_id}.out").read_text()
-    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", str(int(requeued))), (
-        info,
-        batch_out,
-    )
-    assert ("SIGUSR1 to srun" in batch_out) == slurmctld_down_in_trap, batch_out
+    assert (info["JobState"], info["Restarts"]) == (state, str(restarts)), (info, batch_out)
+    if state == "COMPLETED":
+        assert info["ExitCode"] == "0:0", (info, batch_out)
+    if stop != "scancel":  # (a cancelled job's steps cannot be signalled: the trap falls back to SIGUSR1)
+        assert ("SIGUSR1 to srun" in batch_out) == slurmctld_down_in_trap, batch_out
+    assert ("requeueing job" in batch_out) == bool(restarts), batch_out
     for rank in (0, 1):
         log = (tmp_path / "logs" / job_id / f"node{rank}.log").read_text()
         first, *rest = log.split(" restart=1\n")  # the launcher's header line of the restarted run
-        # the training step got the signal, and saved
-        assert f"FAKE_TRAIN got {'SIGUSR1' if slurmctld_down_in_trap else 'SIGTERM'}" in first, log
-        assert ("requeueing job" in batch_out) == requeued, batch_out
-        if requeued:  # the restart continues from the latest checkpoint, not from the one named at submission
+        # the training step got the signal (SLURM's own SIGTERM too, at a cancel or pre-emption)
+        assert re.search(r"FAKE_TRAIN got SIG(TERM|USR1)", first), log
+        if slurmctld_down_in_trap:
+            assert "FAKE_TRAIN got SIGUSR1" in first, log
+        if restarts:  # the restart continues from the checkpoint this job saved, not from the one named at submission
             (second,) = rest
-            assert "--resume_from_checkpoint out/checkpoint-7 --resume_from_checkpoint auto" in second, second
+            assert f"--resume_from_checkpoint old/checkpoint-5 --resume_from_checkpoint {checkpoint}\n" in second, (
+                second
+            )
             assert "FAKE_TRAIN finished" in second, second
         else:
             assert rest == [], log
-            assert "stopped cleanly" in batch_out, batch_out
+    if stop.startswith("scancel --"):
+        assert "a user's stop" in batch_out, batch_out
+    if stop == "scancel":
+        assert re.search(r"job \d+ is (CANCELLED|COMPLETING), not RUNNING", batch_out), batch_out
 
 
 SLOW_SAVE_SECONDS = 40  # > torchrun's default 30 s between its SIGTERM and SIGKILL

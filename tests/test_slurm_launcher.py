@@ -279,7 +279,7 @@ def test_cancelled_job_is_not_requeued(tmp_path):
     (`scontrol requeue` accepts a completing job: the cancel would be undone)."""
     code, out, _, calls = run_launcher(tmp_path, env={"FAKE_JOB_STATE": "CANCELLED"})
     assert "requeue " not in calls, calls
-    assert "is CANCELLED (cancelled): not requeueing" in out, out
+    assert "job 4242 is CANCELLED, not RUNNING (cancelled, or ended by SLURM): not requeueing" in out, out
 
 
 def test_preemption_is_found_despite_a_failed_query_and_a_user_time_format(tmp_path):
