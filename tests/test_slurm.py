@@ -190,6 +190,85 @@ def test_vllm_server_on_last_node_and_trainers_pointed_at_it(slurm_cluster, tmp_
                     "--vllm_server_host", "127.0.0.1", "--vllm_server_port", str(vllm_port)]  # fmt: skip
 
 
+# Stand-in training for the server tests: on SIGTERM it asks the (stand-in) vLLM server for /health, as the trainers'
+# last generation and weight sync would, and "saves" only if it answers.
+FAKE_ACCELERATE_WITH_SERVER = """#!/bin/bash
+echo "FAKE_TRAIN restart=$SAPO_RESTART_COUNT args: $*"
+if [[ "$SAPO_RESTART_COUNT" != 0 ]]; then echo "FAKE_TRAIN finished"; exit 0; fi
+report() { echo "$1 restart=$SAPO_RESTART_COUNT step=7${2:+ path=$2}" >>"$SAPO_RUN_STATUS_FILE"; }
+on_stop() {
+    trap '' TERM USR1
+    sleep 2  # the step and the save
+    args=" $* "; host=${args#* --vllm_server_host }; port=${args#* --vllm_server_port }
+    if python3 -c "import urllib.request as u; u.urlopen('http://${host%% *}:${port%% *}/health', timeout=5)"; then
+        echo "FAKE_TRAIN server up at save"; mkdir -p "$FAKE_CHECKPOINT"; report checkpoint "$FAKE_CHECKPOINT"
+    else
+        echo "FAKE_TRAIN server down at save"
+    fi
+    report sigterm_stop; exit 1
+}
+trap 'on_stop "$@"' TERM
+report train_begin
+touch "$FAKE_READY"
+for i in $(seq 1 1200); do sleep 0.1; done
+exit 3
+"""
+
+
+@pytest.fixture
+def preempt_send_user_signal(slurm_cluster):
+    """The cluster sends a job's --signal (B:TERM: the batch script) at a pre-emption instead of SIGTERM to every
+    step, for one test."""
+    slurm_cluster.set_slurmctld_parameters("preempt_send_user_signal")
+    yield slurm_cluster
+    slurm_cluster.set_slurmctld_parameters(None)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(2 * JOB_TIMEOUT)
+@pytest.mark.parametrize(("stop", "restarts"), [("user-stop", 0), ("pre-emption", 1)])
+def test_vllm_server_serves_until_the_trainers_saved(preempt_send_user_signal, tmp_path, stop, restarts):
+    """VLLM_SERVER=1: a user's stop through the batch script (`scancel --batch --signal=TERM <job>`), and a
+    pre-emption on a cluster with preempt_send_user_signal (PreemptParameters=send_user_signal from SLURM 23.02),
+    reach the training step only: the server still answers when the trainers save; the stop is not requeued, the
+    pre-emption is (and the restart trains against the server again)."""
+    cluster = preempt_send_user_signal
+    fake_trl, fake = tmp_path / "fake_trl", tmp_path / "fake_accelerate"
+    fake_trl.write_text(FAKE_TRL.format(python=sys.executable))
+    fake.write_text(FAKE_ACCELERATE_WITH_SERVER)
+    for exe in (fake_trl, fake):
+        exe.chmod(0o755)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: my-org/my-model\n")
+    (vllm_port,) = free_ports(1)
+    ready = tmp_path / "ready"
+    env = {"LOG_DIR": str(tmp_path / "logs"), "GPUS_PER_NODE": "0", "VLLM_SERVER": "1", "VLLM_PORT": str(vllm_port),
+           "TRL": str(fake_trl), "ACCELERATE": str(fake), "FAKE_READY": str(ready),
+           "FAKE_CHECKPOINT": str(tmp_path / "out" / "checkpoint-7"), "SBATCH_SIGNAL": "B:TERM"}  # fmt: skip
+    job_id = cluster.sbatch(
+        ["--nodes=2", f"--output={tmp_path}/slurm-%j.out", str(LAUNCHER), ACCEL_CONFIG, str(recipe)],
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    wait_for(ready.exists, 60, "training")
+    if stop == "pre-emption":
+        cluster.preempt()
+    else:
+        cluster.run(["scancel", "--batch", "--signal=TERM", job_id])
+    info = cluster.wait(job_id, timeout=2 * JOB_TIMEOUT - 30)
+    batch_out = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", str(restarts)), (
+        info,
+        batch_out,
+    )
+    assert "save window: SIGTERM 60s before the time limit" in batch_out, batch_out  # B:TERM: SLURM's 60 s
+    node0 = (tmp_path / "logs" / job_id / "node0.log").read_text()
+    assert "FAKE_TRAIN server up at save" in node0, node0
+    if restarts:
+        assert "FAKE_TRAIN finished" in node0.split(" restart=1\n")[1], node0
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(120)
@@ -199,6 +278,8 @@ def test_vllm_server_on_last_node_and_trainers_pointed_at_it(slurm_cluster, tmp_
         (2, "accelerate_configs/single_gpu.yaml", {}, "has distributed_type 'NO'; multi-node needs MULTI_GPU"),
         (1, ACCEL_CONFIG, {"VLLM_SERVER": "1"}, "VLLM_SERVER=1 needs at least 2 nodes"),
         (2, ACCEL_CONFIG, {"GPUS_PER_NODE": "eight"}, "GPUS_PER_NODE must be a number"),
+        (2, ACCEL_CONFIG, {"SBATCH_SIGNAL": "B:USR1@300"}, "SBATCH_SIGNAL='B:USR1@300' cannot work"),
+        (2, ACCEL_CONFIG, {"SBATCH_SIGNAL": "TERM@300"}, "SBATCH_SIGNAL='TERM@300' cannot work"),
         pytest.param(
             2,
             "accelerate_configs/multi_gpu.yaml",
@@ -207,7 +288,14 @@ def test_vllm_server_on_last_node_and_trainers_pointed_at_it(slurm_cluster, tmp_
             marks=pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this host has GPUs"),
         ),
     ],
-    ids=["single-process-config", "vllm-one-node", "bad-gpus-per-node", "gpu-run-without-gres"],
+    ids=[
+        "single-process-config",
+        "vllm-one-node",
+        "bad-gpus-per-node",
+        "usr1-signal",
+        "signal-without-b",
+        "gpu-run-without-gres",
+    ],
 )
 def test_launcher_rejects_unusable_settings(slurm_cluster, tmp_path, nodes, config, env, message):
     """Settings that cannot give a multi-node run fail the job at once with a message, before any training."""
