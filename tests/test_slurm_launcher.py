@@ -24,7 +24,9 @@ LAUNCHER = REPO_ROOT / "slurm" / "train_multinode.sbatch"
 ACCEL_CONFIG = "accelerate_configs/cpu_2proc_ddp.yaml"
 JOB_ID = "4242"
 
+# FAKE_SIGNAL_AT_LAUNCH: SIGTERM to the batch script (its parent) as srun starts, before the step exists.
 FAKE_SRUN = """#!/bin/bash
+[[ -z $FAKE_SIGNAL_AT_LAUNCH ]] || { kill -TERM $PPID; sleep 0.5; }
 while [[ $# -gt 0 && $1 == --* ]]; do shift; done
 export SLURM_NODEID=0 SLURMD_NODENAME=n1
 "$@" &
@@ -49,7 +51,7 @@ if [[ " $FAKE_FAIL_ONCE " == *" $name "* && ! -e "$FAKE_CALLS.$name" ]]; then
 fi
 when() { date -d "@$(( $(date +%s) + $1 ))" +%Y-%m-%dT%H:%M:%S; }
 case $name in
-    squeue) echo "$SLURM_JOB_ID.0 sapo-train" ;;
+    squeue) [[ ! -s $FAKE_TRAIN_PID ]] || echo "$SLURM_JOB_ID.0 sapo-train" ;;  # once the step runs
     scancel) train=$(cat "$FAKE_TRAIN_PID")
              kill -TERM "$train" "$(ps -o ppid= "$train" | tr -d ' ')"  # the stand-in accelerate and its node task
              # FAKE_SCANCEL_WAITS: return only once the step and srun are gone (srun ends while the trap runs)
@@ -402,3 +404,12 @@ def test_possibly_empty_arrays_are_expanded_safely_for_bash_before_4_4():
     text = LAUNCHER.read_text()
     unguarded = [m.group(0) for m in re.finditer(r'(?<!\+)"\$\{\w+\[@\][^}]*\}"', text)]
     assert unguarded == [], unguarded
+
+
+def test_sigterm_as_training_is_launched_is_forwarded(tmp_path):
+    """SIGTERM arrives while srun is being started (between `&` and `TRAIN_PID=$!`, before the step is listed): it is
+    still forwarded once the training step exists, and the run saves."""
+    code, out, node_log, calls = run_launcher(tmp_path, signal_job=False, env={"FAKE_SIGNAL_AT_LAUNCH": "1"})
+    assert "FAKE_TRAIN got SIGTERM" in node_log, (node_log, out)
+    assert f"scancel --signal=TERM {JOB_ID}.0" in calls, calls
+    assert code == 0, out
