@@ -171,7 +171,7 @@ def test_vllm_server_on_last_node_and_trainers_pointed_at_it(slurm_cluster, tmp_
     print(f"vLLM-server job {job_id}: {info['JobState']} {info['ExitCode']} in {wall:.1f}s")
 
     job_logs = tmp_path / "logs" / job_id
-    assert sorted(p.name for p in job_logs.iterdir()) == ["node0.log", "vllm.log"]  # 1 training node + server
+    assert sorted(p.name for p in job_logs.glob("*.log")) == ["node0.log", "vllm.log"]  # 1 training node + server
     vllm_log = (job_logs / "vllm.log").read_text()
     served = json.loads(re.search(r"FAKE_VLLM (\[.*\]) n2\n", vllm_log).group(1))
     # Bound to the server node's NodeAddr (what the trainers connect to), not to every interface.
@@ -520,19 +520,21 @@ def test_launcher_requeues_on_time_limit_and_preemption_but_not_on_cancel_or_use
         assert re.search(r"job \d+ is (CANCELLED|COMPLETING), not RUNNING", batch_out), batch_out
 
 
-SLOW_SAVE_SECONDS = 40  # > torchrun's default 30 s between its SIGTERM and SIGKILL
+SLOW_SAVE_SECONDS = 35  # > torchrun's default 30 s between its SIGTERM and SIGKILL, < the partition's GraceTime 60 s
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(3 * JOB_TIMEOUT)
 def test_sigterm_during_a_slow_save_keeps_that_checkpoint_and_resumes_from_it(
-    slurm_cluster, tmp_path, tiny_model_path
+    preempt_send_user_signal, tmp_path, tiny_model_path
 ):
-    """The time-limit warning (SIGTERM to the batch script) arrives while the trainers write checkpoint-1 and the save
-    takes 40 s. The launcher gives torchrun a shutdown timeout derived from the 180 s lead time (not its default 30 s,
-    which would SIGKILL the workers mid-save), the trainers finish that save and stop right after it (no step 2), the
-    checkpoint is marked complete, the job is requeued and the restart resumes from checkpoint-1 and finishes."""
+    """SIGTERM to the batch script (a pre-emption with preempt_send_user_signal: the job's B:TERM, the same path as
+    the time-limit warning) arrives while the trainers write checkpoint-1 and the save takes 35 s. The launcher gives
+    torchrun a shutdown timeout derived from the 180 s lead time (not its default 30 s, which would SIGKILL the
+    workers mid-save), the trainers finish that save and stop right after it (no step 2), the checkpoint is marked
+    complete, the job is requeued and the restart resumes from checkpoint-1 and finishes."""
+    slurm_cluster = preempt_send_user_signal
     recipe, env = write_tiny_run(tmp_path, tiny_model_path, max_steps=3)
     saves = tmp_path / "saves"
     env |= {"LOG_DIR": str(tmp_path / "logs"), "GPUS_PER_NODE": "0", "SAPO_TEST_SAVE_SLEEP": str(SLOW_SAVE_SECONDS),
@@ -544,7 +546,7 @@ def test_sigterm_during_a_slow_save_keeps_that_checkpoint_and_resumes_from_it(
         cwd=REPO_ROOT,
     )
     wait_for(lambda: saves.exists() and len(saves.read_text().splitlines()) >= 2, JOB_TIMEOUT, "both ranks saving")
-    slurm_cluster.run(["scancel", "--batch", "--signal=TERM", job_id])
+    slurm_cluster.preempt()
     signalled = time.monotonic() - start
     info = slurm_cluster.wait(job_id, timeout=2 * JOB_TIMEOUT)
     wall = time.monotonic() - start
