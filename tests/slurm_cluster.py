@@ -263,7 +263,10 @@ class SlurmCluster:
         lines = [line for line in self.conf.read_text().splitlines() if not line.startswith("SlurmctldParameters=")]
         if value:
             lines.append(f"SlurmctldParameters={value}")
-        self.conf.write_text("\n".join(lines) + "\n")
+        # Replaced in one step: a daemon still re-reading it after an earlier reconfigure must never see it empty.
+        staged = self.conf.with_suffix(".new")
+        staged.write_text("\n".join(lines) + "\n")
+        os.replace(staged, self.conf)
         self.run(["scontrol", "reconfigure"])
 
     def job_info(self, job_id: str) -> dict[str, str]:
