@@ -257,6 +257,18 @@ class SlurmCluster:
         out = self.root / "urgent-%j.out"
         return self.sbatch([f"--nodes={n}", "--partition=urgent", f"--output={out}", "--wrap", "true"])
 
+    def set_slurmctld_parameters(self, value: str | None) -> None:
+        """Set (or, with None, remove) slurm.conf's SlurmctldParameters and make slurmctld re-read it, e.g.
+        `preempt_send_user_signal` (SLURM 22.05's name; PreemptParameters=send_user_signal from 23.02 on)."""
+        lines = [line for line in self.conf.read_text().splitlines() if not line.startswith("SlurmctldParameters=")]
+        if value:
+            lines.append(f"SlurmctldParameters={value}")
+        # Replaced in one step: a daemon still re-reading it after an earlier reconfigure must never see it empty.
+        staged = self.conf.with_suffix(".new")
+        staged.write_text("\n".join(lines) + "\n")
+        os.replace(staged, self.conf)
+        self.run(["scontrol", "reconfigure"])
+
     def job_info(self, job_id: str) -> dict[str, str]:
         """`scontrol show job -o` as a dict (JobState, ExitCode, NodeList, StdOut, ...)."""
         out = self.run(["scontrol", "show", "job", "-o", job_id]).stdout
