@@ -443,6 +443,7 @@ def train_and_evaluate(args, regime: str, arm: str, seed: int, run_dir: Path) ->
     }
     if args.task in ASYNC_TASKS:
         config, trainer = async_trainer(args, task, arm, seed, run_dir, settings)
+        del task["model"]  # the trainer and its worker load their own copies: free the one evaluated before
         resume_from = get_last_checkpoint(str(run_dir)) if checkpointing else None
         return finish_run(args, regime, arm, seed, run_dir, task, trainer, config, eval_before, resume_from)
     # TRL counts steps_per_generation in micro-batches: an optimizer step is gradient_accumulation_steps of them
@@ -961,7 +962,7 @@ def parse_args(argv=None):
         choices=["true", "false"],
         help="gsm8k, cuda: generate rollouts with vLLM colocated on the GPU",
     )
-    p.add_argument("--save_steps", type=int, default=2, help="gsm8k: checkpoint interval (for resuming)")
+    p.add_argument("--save_steps", type=int, default=2, help="gsm8k, gsm8k-async: checkpoint interval (for resuming)")
     p.add_argument("--output_dir", default=None, help="per-run folders (default benchmarks/out/learning_<task>)")
     p.add_argument("--results_dir", default=None, help="default: docs/results (with --smoke: --output_dir)")
     p.add_argument("--report_only", action="store_true", help="no training: report the finished runs")
