@@ -144,10 +144,11 @@ def copy_timing() -> str:
     )
 
 
-def gsm8k_realism() -> str:
-    study = _study("learning_gsm8k.json")
+def gsm8k_realism(name: str = "learning_gsm8k.json") -> str:
+    """Per-seed held-out table and paired verdicts of a SmolLM2 study (`gsm8k`, or `gsm8k-async` with its JSON)."""
+    study = _study(name)
     if study is None:
-        return "*No runs recorded yet (docs/results/learning_gsm8k.json is absent).*\n"
+        return f"*No runs recorded yet (docs/results/{name} is absent).*\n"
     agg, runs = study
     lines = []
     for regime, block in agg.items():
@@ -416,6 +417,217 @@ def demo_bar() -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# §2d: the staleness study (copy task, AsyncSAPOTrainer at a fixed lag) and its SmolLM2 regime
+COPY_ASYNC = "learning_copy-async.json"
+GSM8K_ASYNC = "learning_gsm8k-async.json"
+
+
+def _lags(agg: dict) -> list[str]:
+    return sorted(agg, key=lambda regime: int(regime.removeprefix("lag")))
+
+
+def copy_async_headline() -> str:
+    """Per lag: each arm's mean ± 95 % interval and the paired SAPO − GRPO difference with its verdict."""
+    study = _study(COPY_ASYNC)
+    if study is None:
+        return f"*No runs recorded yet (docs/results/{COPY_ASYNC} is absent).*\n"
+    agg, runs = study
+    lines = [
+        "| lag | metric | grpo | sapo (τ 1) | paired SAPO − GRPO (seeds SAPO higher), verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for regime in _lags(agg):
+        t = agg[regime]["arms"]
+        vs = t["sapo"]["vs_grpo"]
+        rows = (
+            ("held-out score after", "heldout_after", lambda d: _paired(d, "SAPO")),
+            ("mean training reward", "train_reward_mean", lambda d: _paired(d, "SAPO")),
+            ("final training reward (last 20 % of steps)", "train_reward_final", lambda d: _paired(d, "SAPO")),
+            ("per-step KL(π_t‖π_{t−1}), first 20 % of steps", "step_kl_early", _paired_small),
+            ("mean \\|log r\\| seen by the loss", "abs_log_ratio_mean", _paired_small),
+        )
+        for label, key, paired in rows:
+            small = key in ("step_kl_early", "abs_log_ratio_mean")  # mean only, 2 significant digits
+            grpo, sapo = (f"{t[a][key]['mean']:.2g}" if small else _ms(t[a][key]) for a in ("grpo", "sapo"))
+            lines.append(f"| {regime[3:]} | {label} | {grpo} | {sapo} | {paired(vs[key])} |")
+        lines.append(
+            f"| {regime[3:]} | max r seen by the loss (mean over seeds) | {t['grpo']['ratio_max']['mean']:.3g} | "
+            f"{t['sapo']['ratio_max']['mean']:.3g} |  |"
+        )
+        lines.append(
+            f"| {regime[3:]} | tokens clipped (GRPO) / gradient weight (SAPO), mean over steps and seeds | "
+            f"{_series_mean(runs, regime, 'grpo', 'clip_ratio'):.3f} | "
+            f"{_series_mean(runs, regime, 'sapo', 'sapo_grad_weight_mean'):.3f} |  |"
+        )
+        lines.append(
+            f"| {regime[3:]} | non-finite steps / collapses | {t['grpo']['nonfinite_steps']} / "
+            f"{t['grpo']['collapses']} | {t['sapo']['nonfinite_steps']} / {t['sapo']['collapses']} |  |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _series_mean(runs: list[dict], regime: str, arm: str, key: str) -> float:
+    """Mean over an arm's seeds of each run's mean of one optional per-step series (`extra_series`)."""
+    from benchmarks import learning
+
+    per_run = [learning._mean_of(r["extra_series"][key]) for r in runs if r["regime"] == regime and r["arm"] == arm]
+    return statistics.fmean(x for x in per_run if x is not None)
+
+
+def lag0_check(runs: list[dict]) -> dict:
+    """What lag 0 shows of the lag being real: the largest |r − 1| and mean |log r| any step saw, SAPO's gradient
+    weight range, and the seeds on which both arms' runs are identical (training reward, entropy, KL to π_0,
+    held-out result; float-level noise in the other series, e.g. a grad norm's last stored digit, aside)."""
+    lag0 = [r for r in runs if r["regime"] == "lag0"]
+    values = lambda key, runs=lag0: [x for r in runs for x in r["series"][key] if x is not None]  # noqa: E731
+    weights = [
+        x for r in lag0 if r["arm"] == "sapo" for x in r["extra_series"]["sapo_grad_weight_mean"] if x is not None
+    ]
+    by = {(r["arm"], r["seed"]): r for r in lag0}
+    seeds = sorted(s for a, s in by if a == "grpo" and ("sapo", s) in by)
+    same = ("reward", "entropy", "kl_to_init")
+    identical = [
+        s
+        for s in seeds
+        if all(by["grpo", s]["series"][k] == by["sapo", s]["series"][k] for k in same)
+        and by["grpo", s]["eval_after"] == by["sapo", s]["eval_after"]
+    ]
+    return {
+        "runs": len(lag0),
+        "ratio_dev": max(abs(x - 1) for x in values("ratio_max")),
+        "abs_log_ratio": max(values("abs_log_ratio")),
+        "weights": (min(weights), max(weights), len(weights)),
+        "identical": len(identical),
+        "seeds": len(seeds),
+    }
+
+
+def copy_async_lag0() -> str:
+    study = _study(COPY_ASYNC)
+    if study is None:
+        return f"*No runs recorded yet (docs/results/{COPY_ASYNC} is absent).*\n"
+    agg, runs = study
+    c = lag0_check(runs)
+    low, high, n = c["weights"]
+    passed = c["ratio_dev"] < 1e-4 and max(abs(low - 1), abs(high - 1)) < 1e-4 and c["identical"] == c["seeds"]
+    stale = [agg[r]["arms"]["grpo"]["abs_log_ratio_mean"]["mean"] for r in _lags(agg) if r != "lag0"]
+    return (
+        f"**Lag 0 (the check that the lag is real): {'passed' if passed else 'FAILED'}.** Over the {c['runs']} `lag0` "
+        f"runs the largest |r − 1| any step saw is {c['ratio_dev']:.2g} (stored to 4 digits) and the largest mean "
+        f"|log r| {c['abs_log_ratio']:.2g}; SAPO's gradient weight is {low:.7f}-{high:.7f} on all {n} steps (ratio 1, "
+        f"gate weight 1); and the two arms' runs are identical (training reward, entropy, KL(π_θ‖π_0), held-out "
+        f"result) on {c['identical']} of {c['seeds']} seeds, as on-policy GRPO-clip and SAPO must be. At lag > 0 the "
+        f"mean |log r| of GRPO's runs is {min(stale):.2g}-{max(stale):.2g}: the staleness is what moves r.\n"
+    )
+
+
+def copy_async_timing() -> str:
+    _, runs = _study(COPY_ASYNC)
+    seconds = [r["train_seconds"] for r in runs]
+    steps = {r["steps"] for r in runs}
+    return (
+        f"({len(runs)} runs of {'/'.join(map(str, sorted(steps)))} steps, training {min(seconds):.1f}-"
+        f"{max(seconds):.0f} s per run (median {statistics.median(seconds):.1f} s, the worker's start included), "
+        f"{sum(seconds) / 60:.0f} min of training in all, one torch thread on the 2-vCPU machine above, shared with "
+        "other work.)\n"
+    )
+
+
+def _staleness_verdicts(agg: dict) -> dict[str, dict[str, str]]:
+    """lag -> metric -> verdict of the paired SAPO − GRPO interval."""
+    keys = {"held-out score": "heldout_after", "mean training reward": "train_reward_mean",
+            "final training reward": "train_reward_final"}  # fmt: skip
+    return {
+        regime: {label: verdict(agg[regime]["arms"]["sapo"]["vs_grpo"][key], "SAPO") for label, key in keys.items()}
+        for regime in _lags(agg)
+    }
+
+
+def copy_async_reading() -> str:
+    """One line per lag: the verdicts the paired intervals allow (lag 0: the arms are identical by construction)."""
+    study = _study(COPY_ASYNC)
+    if study is None:
+        return f"*No runs recorded yet (docs/results/{COPY_ASYNC} is absent).*\n"
+    agg, runs = study
+    lines = []
+    for regime, verdicts in _staleness_verdicts(agg).items():
+        pairs = agg[regime]["arms"]["sapo"]["vs_grpo"]["heldout_after"]["n"]
+        words = "; ".join(f"{label}: {_bold(v)}" for label, v in verdicts.items())
+        if regime == "lag0":
+            c = lag0_check(runs)
+            words = f"the arms are identical on {c['identical']} of {c['seeds']} seeds (on-policy), so nothing to rank"
+        lines.append(f"- *Lag {regime[3:]}* ({pairs} paired seeds): {words}.")
+    return "\n".join(lines) + "\n"
+
+
+def _bold(word: str) -> str:
+    return f"**{word}**" if word.endswith("ahead") else word
+
+
+def async_staleness_status() -> str:
+    """The README's sentence(s): what the copy-task staleness study found, and where the SmolLM2 regime stands."""
+    study = _study(COPY_ASYNC)
+    if study is None:
+        return "The staleness study has not been run yet (docs/results.md §2d).\n"
+    agg, runs = study
+    verdicts = _staleness_verdicts(agg)
+    stale = [r for r in verdicts if r != "lag0"]
+    c = lag0_check(runs)
+    pairs = agg[stale[0]]["arms"]["sapo"]["vs_grpo"]["heldout_after"]["n"]
+
+    def by_lag(label: str) -> str:
+        return ", ".join(f"lag {r[3:]} {verdicts[r][label]}" for r in stale)
+
+    return (
+        f"Staleness study on the copy task (SAPO τ 1 vs GRPO-clip, rollouts from a policy a fixed "
+        f"{', '.join(r[3:] for r in verdicts)} versions old, {pairs} paired seeds per lag, "
+        "[docs/results.md §2d](docs/results.md)): "
+        f"at lag 0 the two objectives are identical ({c['identical']} of {c['seeds']} seeds, the on-policy check); "
+        f"on mean training reward {by_lag('mean training reward')}; on held-out score {by_lag('held-out score')}. "
+        f"{gsm8k_async_status(short=True)}\n"
+    )
+
+
+def gsm8k_async_status(short: bool = False) -> str:
+    """The SmolLM2-135M async regime: k of the planned paired seeds, the paired held-out and training-reward verdicts,
+    and the time per run (§2d; `short`: one sentence for the README)."""
+    from benchmarks import learning
+
+    study = _study(GSM8K_ASYNC)
+    agg, runs = study if study is not None else ({}, [])
+    planned = learning.PLANNED_GSM8K_ASYNC_SEEDS
+    (regime,) = learning.REGIMES["gsm8k-async"]
+    arms = agg.get(regime, {}).get("arms", {})
+    vs = arms["sapo"]["vs_grpo"] if "sapo" in arms and "vs_grpo" in arms["sapo"] else None
+    pairs = vs["heldout_after"]["n"] if vs else 0
+    lag = regime.removeprefix("lag")
+    if short:
+        if not vs:
+            return f"Its SmolLM2-135M regime at lag {lag} has not been run yet (0 of {planned} paired seeds)."
+        count = f"{pairs} of {planned} paired seeds" if pairs < planned else f"{pairs} paired seeds"
+        return (
+            f"Its SmolLM2-135M regime at lag {lag} ({count}): held-out accuracy "
+            f"{verdict(vs['heldout_after'], 'SAPO')}, mean training reward {verdict(vs['train_reward_mean'], 'SAPO')}."
+        )
+    if pairs >= planned:
+        status = f"{pairs} paired seeds"
+    else:
+        status = (
+            f"**{'partial' if pairs else 'not run yet'}**: {pairs} of {planned} paired seeds; the runs start or "
+            "resume with the command above, and this paragraph is regenerated from the JSON"
+        )
+    found = (
+        f"held-out accuracy after training, paired SAPO − GRPO {_paired(vs['heldout_after'], 'SAPO')}; mean "
+        f"training reward, paired {_paired(vs['train_reward_mean'], 'SAPO')}"
+        if vs
+        else "no pair yet"
+    )
+    minutes = [(r["train_seconds"] + r.get("eval_seconds", 0)) / 60 for r in runs if not r.get("resumed_from")]
+    timing = f" Training + held-out evaluation per run: {min(minutes):.1f}-{max(minutes):.1f} min." if minutes else ""
+    return f"SmolLM2-135M async regime at lag {lag} ({status}): {found}.{timing}\n"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "demo-bar": demo_bar,
     "demo-trials": demo_trials,
@@ -425,6 +637,13 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "copy-timing": copy_timing,
     "gsm8k-realism": gsm8k_realism,
     "gsm8k-realism-status": gsm8k_realism_status,
+    "copy-async-headline": copy_async_headline,
+    "copy-async-lag0": copy_async_lag0,
+    "copy-async-timing": copy_async_timing,
+    "copy-async-reading": copy_async_reading,
+    "async-staleness-status": async_staleness_status,
+    "gsm8k-async": lambda: gsm8k_realism(GSM8K_ASYNC),
+    "gsm8k-async-status": gsm8k_async_status,
     "demo-seeds": demo_seeds,
     "demo-seeds-short": lambda: demo_seeds(short=True),
 }

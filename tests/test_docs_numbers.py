@@ -4,6 +4,7 @@ the words that rank two arms follow the paired interval."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -27,6 +28,13 @@ def test_generated_blocks_match_the_committed_json(docs_numbers, capsys):
         "gsm8k-realism-status",
         "rewards",
         "demo-seeds",
+        "copy-async-headline",
+        "copy-async-lag0",
+        "copy-async-timing",
+        "copy-async-reading",
+        "async-staleness-status",
+        "gsm8k-async",
+        "gsm8k-async-status",
     } <= blocks
 
 
@@ -168,3 +176,92 @@ def test_demo_bar_table_counts_seeds_and_names_the_worst_operation(docs_numbers,
         "| cX: a candidate (`scripts/demo.py --recipe`) | 2 | 0.100 | +0.100, -0.020 |" in table and "| 1/2 |" in table
     )
     assert "one seed only" not in table and "regime" not in table
+
+
+def _copy_async_run(regime: str, arm: str, seed: int, reward: float, heldout: float, log_ratio: float = 0.0) -> dict:
+    """A copy-async run record as benchmarks/learning.py writes it (40 steps, constant series)."""
+    n, sapo = 40, arm == "sapo"
+    return {
+        "task": "copy-async", "regime": regime, "arm": arm, "seed": seed, "steps": n, "train_seconds": 10.0 + seed,
+        "eval_before": {"reward": 0.07}, "eval_after": {"reward": heldout}, "nonfinite_steps": [],
+        "series": {"reward": [reward] * n, "entropy": [1.5] * n, "grad_norm": [2.0] * n, "kl_to_init": [1.0] * n,
+                   "step_kl": [0.001 * (1 + log_ratio)] * n, "ratio_max": [math.exp(log_ratio)] * n,
+                   "abs_log_ratio": [log_ratio] * n},
+        "extra_series": {"clip_ratio": [None if sapo else 0.1] * n,
+                         "sapo_grad_weight_mean": [(1.0 - log_ratio) if sapo else None] * n},
+    }  # fmt: skip
+
+
+def test_staleness_blocks_render_the_verdicts_the_intervals_allow(docs_numbers, tmp_path, monkeypatch):
+    """§2d and the README status from a copy-async study: at lag 4 SAPO is ahead on training reward on every seed
+    (interval excludes 0) and not separable on held-out (differences of both signs); lag 0 is the on-policy check,
+    which fails as soon as the arms differ on one seed."""
+    runs = []
+    for seed, noise in enumerate((0.0, 0.01, -0.01)):
+        runs += [_copy_async_run("lag0", arm, seed, 0.3 + noise, 0.9) for arm in ("grpo", "sapo")]
+        runs.append(_copy_async_run("lag4", "grpo", seed, 0.3 + noise, 0.9, log_ratio=0.1))
+        runs.append(_copy_async_run("lag4", "sapo", seed, 0.35 + 2 * noise, 0.9 + 5 * noise, log_ratio=0.2))
+    (tmp_path / "learning_copy-async.json").write_text(json.dumps({"runs": runs}))
+    monkeypatch.setattr(docs_numbers, "RESULTS", tmp_path)
+
+    table = docs_numbers.copy_async_headline()
+    assert (
+        "| 4 | mean training reward | 0.300 ± 0.025 | 0.350 ± 0.050 | +0.050 ± 0.025 (3/3), **SAPO ahead** |" in table
+    )
+    assert (
+        "| 4 | held-out score after | 0.900 ± 0.000 | 0.900 ± 0.124 | +0.000 ± 0.124 (1/3), not separable |" in table
+    )
+    assert (
+        "| 4 | tokens clipped (GRPO) / gradient weight (SAPO), mean over steps and seeds | 0.100 | 0.800 |  |" in table
+    )
+    assert "**SAPO larger**" in table  # per-step KL and |log r| at lag 4
+    reading = docs_numbers.copy_async_reading()
+    assert (
+        "- *Lag 0* (3 paired seeds): the arms are identical on 3 of 3 seeds (on-policy), so nothing to rank."
+        in reading
+    )
+    assert (
+        "- *Lag 4* (3 paired seeds): held-out score: not separable; mean training reward: **SAPO ahead**; final "
+        "training reward: **SAPO ahead**." in reading
+    )
+    lag0 = docs_numbers.copy_async_lag0()
+    assert lag0.startswith("**Lag 0 (the check that the lag is real): passed.**") and "on 3 of 3 seeds" in lag0
+    status = docs_numbers.async_staleness_status()
+    assert "a fixed 0, 4 versions old, 3 paired seeds per lag" in status
+    assert "on mean training reward lag 4 SAPO ahead; on held-out score lag 4 not separable." in status
+    assert status.endswith("Its SmolLM2-135M regime at lag 4 has not been run yet (0 of 5 paired seeds).\n")
+    assert (
+        "(80 runs" not in docs_numbers.copy_async_timing()
+        and "12 runs of 40 steps" in docs_numbers.copy_async_timing()
+    )
+
+    runs[1]["series"]["reward"] = [0.31] * 40  # lag 0, seed 0: SAPO's run differs from GRPO's
+    (tmp_path / "learning_copy-async.json").write_text(json.dumps({"runs": runs}))
+    lag0 = docs_numbers.copy_async_lag0()
+    assert "FAILED" in lag0 and "on 2 of 3 seeds" in lag0
+
+
+def test_gsm8k_async_status_counts_paired_seeds_until_the_plan_is_met(docs_numbers, monkeypatch):
+    """The SmolLM2 async regime's status (§2d, README): not run yet, then 'partial: k of 5 paired seeds', then the
+    verdicts the paired intervals allow, with the time per run of the runs that were not resumed."""
+
+    def study(mean: float, ci: float | None, n: int):
+        diff = {"mean": mean, "ci95": ci, "n": n, "wins": n, "losses": 0}
+        agg = {"lag4": {"arms": {"grpo": {}, "sapo": {"vs_grpo": {"heldout_after": diff, "train_reward_mean": diff}}}}}
+        runs = [{"regime": "lag4", "train_seconds": 420.0, "eval_seconds": 120.0},
+                {"regime": "lag4", "train_seconds": 100.0, "eval_seconds": 120.0, "resumed_from": "checkpoint-8"}]  # fmt: skip
+        return lambda name: (agg, runs) if name == docs_numbers.GSM8K_ASYNC else None
+
+    monkeypatch.setattr(docs_numbers, "_study", lambda name: None)
+    assert "**not run yet**: 0 of 5 paired seeds" in docs_numbers.gsm8k_async_status()
+    monkeypatch.setattr(docs_numbers, "_study", study(0.05, 0.2, 2))
+    text = docs_numbers.gsm8k_async_status()
+    assert "(**partial**: 2 of 5 paired seeds;" in text and "+0.050 ± 0.200 (2/2), too few seeds to rank" in text
+    assert text.endswith("Training + held-out evaluation per run: 9.0-9.0 min.\n")
+    assert docs_numbers.gsm8k_async_status(short=True) == (
+        "Its SmolLM2-135M regime at lag 4 (2 of 5 paired seeds): held-out accuracy too few seeds to rank, mean "
+        "training reward too few seeds to rank."
+    )
+    monkeypatch.setattr(docs_numbers, "_study", study(-0.05, 0.03, 5))
+    text = docs_numbers.gsm8k_async_status()
+    assert "(5 paired seeds)" in text and "partial" not in text and "-0.050 ± 0.030 (5/5), **GRPO ahead**" in text

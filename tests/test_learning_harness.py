@@ -120,3 +120,70 @@ def test_gsm8k_report_leaves_out_the_copy_tasks_threshold_and_tau_rows(learning)
             tables[-1].append(line.replace("\\|", "").count("|"))
         previous = line
     assert len(tables) >= 3 and all(len(set(cells)) == 1 for cells in tables), tables
+
+
+def test_a_run_stopped_by_sigterm_is_not_recorded_as_done(learning, tmp_path, monkeypatch):
+    """SIGTERM during training: the trainer saves a checkpoint and returns early (`trainer.preempted`); the run must
+    stop the command without a done.json (a done.json would make the re-run skip a truncated run), and the re-run
+    trains it in full. A real signal into a real copy-task run (sync SAPOTrainer, 8 steps)."""
+    import signal
+
+    class SigtermAtStep3(learning.ProbeKLCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            super().on_step_end(args, state, control, **kwargs)
+            if state.global_step == 3 and not getattr(self.trainer, "_signalled", False):
+                self.trainer._signalled = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    argv = ["--task", "copy", "--regimes", "base", "--arms", "grpo", "--seeds", "0", "--max_steps", "8",
+            "--eval_examples", "16", "--num_probe", "4", "--output_dir", str(tmp_path / "out"),
+            "--results_dir", str(tmp_path / "results")]  # fmt: skip
+    monkeypatch.setattr(learning, "ProbeKLCallback", SigtermAtStep3)
+    done = tmp_path / "out" / "base" / "grpo-seed0" / "done.json"
+    with pytest.raises(SystemExit, match=r"stopped by SIGTERM at step [34] \(checkpoint saved\)"):
+        learning.main(argv)
+    assert not done.exists()
+    monkeypatch.undo()  # the plain callback: no signal
+    learning.main(argv)
+    assert learning.json.loads(done.read_text())["steps"] == 8
+
+
+def test_gsm8k_async_task_settings(learning):
+    """--task gsm8k-async: the SmolLM2 data and report, one micro-batch of 16 completions per optimizer step (no
+    gradient accumulation), lag 4; GPU options are refused with a reason; --smoke is SmolLM2 at tiny sizes."""
+    args = learning.parse_args(["--task", "gsm8k-async", "--report_only"])
+    assert (args.batch_size, args.gradient_accumulation_steps, args.num_generations) == (16, 1, 8)
+    assert args.regimes == ["lag4"] and args.arms == ["grpo", "sapo"] and args.max_completion_length == 96
+    assert learning.REGIMES["gsm8k-async"]["lag4"]["fixed_lag"] == 4 and args.eval_examples == 128
+    smoke = learning.parse_args(["--task", "gsm8k-async", "--smoke"])
+    assert (smoke.max_steps, smoke.eval_examples, smoke.max_completion_length, smoke.seeds) == (3, 4, 16, [0])
+    assert smoke.output_dir == "benchmarks/out/learning_gsm8k-async-smoke"
+    for bad in (["--device", "cuda"], ["--regimes", "lag2"]):
+        with pytest.raises(SystemExit):
+            learning.parse_args(["--task", "gsm8k-async", "--report_only", *bad])
+    with pytest.raises(SystemExit):
+        learning.parse_args(["--task", "gsm8k", "--smoke"])
+
+
+@pytest.mark.slow
+def test_gsm8k_async_smoke_trains_both_arms_and_reports(learning, tmp_path):
+    """The pipeline of the SmolLM2 async regime end to end on a tiny random model with SmolLM2's tokenizer: both arms
+    train at lag 4 through AsyncSAPOTrainer, checkpoint, evaluate, and write the report the docs blocks read."""
+    from tools.models import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    result = learning.main(["--task", "gsm8k-async", "--smoke", "--model", str(model), "--output_dir", str(out),
+                            "--results_dir", str(tmp_path / "results")])  # fmt: skip
+    arms = result["regimes"]["lag4"]["arms"]
+    assert set(arms) == {"grpo", "sapo"} and arms["sapo"]["vs_grpo"]["heldout_after"]["n"] == 1
+    for arm in ("grpo", "sapo"):
+        run = learning.json.loads((out / "lag4" / f"{arm}-seed0" / "done.json").read_text())
+        assert (
+            run["steps"] == 3
+            and run["eval_seconds"] > 0
+            and not list((out / "lag4" / f"{arm}-seed0").glob("checkpoint-*"))
+        )
+        assert all(x is not None for x in run["series"]["reward"])  # the async worker's accuracy reward, every step
+        assert max(run["series"]["ratio_max"][1:]) != 1.0  # stale from the second step on: r != 1
+    assert (tmp_path / "results" / "learning_gsm8k-async-smoke.json").exists()
