@@ -624,7 +624,12 @@ def gsm8k_async_status(short: bool = False) -> str:
         else "no pair yet"
     )
     minutes = [(r["train_seconds"] + r.get("eval_seconds", 0)) / 60 for r in runs if not r.get("resumed_from")]
-    timing = f" Training + held-out evaluation per run: {min(minutes):.1f}-{max(minutes):.1f} min." if minutes else ""
+    timing = (
+        f" Training + held-out evaluation per run: {min(minutes):.1f}-{max(minutes):.1f} min (`OMP_NUM_THREADS=1`, "
+        "up to two runs side by side on the 2 shared cores)."
+        if minutes
+        else ""
+    )
     return f"SmolLM2-135M async regime at lag {lag} ({status}): {found}.{timing}\n"
 
 

@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from benchmarks import learning
+
 
 @pytest.fixture(scope="module")
 def docs_numbers():
@@ -229,7 +231,8 @@ def test_staleness_blocks_render_the_verdicts_the_intervals_allow(docs_numbers, 
     status = docs_numbers.async_staleness_status()
     assert "a fixed 0, 4 versions old, 3 paired seeds per lag" in status
     assert "on mean training reward lag 4 SAPO ahead; on held-out score lag 4 not separable." in status
-    assert status.endswith("Its SmolLM2-135M regime at lag 4 has not been run yet (0 of 5 paired seeds).\n")
+    planned = learning.PLANNED_GSM8K_ASYNC_SEEDS
+    assert status.endswith(f"Its SmolLM2-135M regime at lag 4 has not been run yet (0 of {planned} paired seeds).\n")
     assert (
         "(80 runs" not in docs_numbers.copy_async_timing()
         and "12 runs of 40 steps" in docs_numbers.copy_async_timing()
@@ -242,8 +245,9 @@ def test_staleness_blocks_render_the_verdicts_the_intervals_allow(docs_numbers, 
 
 
 def test_gsm8k_async_status_counts_paired_seeds_until_the_plan_is_met(docs_numbers, monkeypatch):
-    """The SmolLM2 async regime's status (§2d, README): not run yet, then 'partial: k of 5 paired seeds', then the
-    verdicts the paired intervals allow, with the time per run of the runs that were not resumed."""
+    """The SmolLM2 async regime's status (§2d, README): not run yet, then 'partial: k of N paired seeds', then the
+    verdicts the paired intervals allow, with the time per run of the runs that were not resumed (here N = 5)."""
+    monkeypatch.setattr(learning, "PLANNED_GSM8K_ASYNC_SEEDS", 5)
 
     def study(mean: float, ci: float | None, n: int):
         diff = {"mean": mean, "ci95": ci, "n": n, "wins": n, "losses": 0}
@@ -257,7 +261,7 @@ def test_gsm8k_async_status_counts_paired_seeds_until_the_plan_is_met(docs_numbe
     monkeypatch.setattr(docs_numbers, "_study", study(0.05, 0.2, 2))
     text = docs_numbers.gsm8k_async_status()
     assert "(**partial**: 2 of 5 paired seeds;" in text and "+0.050 ± 0.200 (2/2), too few seeds to rank" in text
-    assert text.endswith("Training + held-out evaluation per run: 9.0-9.0 min.\n")
+    assert "Training + held-out evaluation per run: 9.0-9.0 min (" in text
     assert docs_numbers.gsm8k_async_status(short=True) == (
         "Its SmolLM2-135M regime at lag 4 (2 of 5 paired seeds): held-out accuracy too few seeds to rank, mean "
         "training reward too few seeds to rank."
