@@ -22,9 +22,11 @@ from pathlib import Path
 
 from trl import TrlParser
 
+from trl_sapo.cli.training import exit_on_user_error, user_errors
 from trl_sapo.gsm8k.data import SYSTEM_PROMPT, load_gsm8k
 from trl_sapo.gsm8k.evaluation import (
     adapter_base_model,
+    check_base_revision,
     evaluate,
     load_model_for_eval,
     merged_model_dir,
@@ -112,14 +114,16 @@ def main(args: EvalArguments | list[str] | None = None) -> dict:
     """Run the evaluation; returns the summary (metrics + ``args``, without the per-problem predictions)."""
     if not isinstance(args, EvalArguments):
         (args,) = TrlParser([EvalArguments]).parse_args_and_config(args)
-    dataset = load_gsm8k(
-        args.dataset,
-        args.split,
-        config_name=args.dataset_config,
-        num_examples=args.limit,
-        seed=args.seed,
-        skip_invalid=args.skip_invalid_rows,
-    )
+    with user_errors():  # checked before any model loads; on the command line: `<prog>: error: <message>`, status 2
+        check_base_revision(args.model_name_or_path, args.adapter_path, args.model_revision)
+        dataset = load_gsm8k(
+            args.dataset,
+            args.split,
+            config_name=args.dataset_config,
+            num_examples=args.limit,
+            seed=args.seed,
+            skip_invalid=args.skip_invalid_rows,
+        )
     with contextlib.ExitStack() as cleanup:  # removes a merged adapter copy once evaluation is done
         if args.use_vllm:
             model, tokenizer = load_vllm(args, cleanup)
@@ -161,4 +165,4 @@ def main(args: EvalArguments | list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    main(sys.argv[1:])
+    exit_on_user_error(Path(sys.argv[0]).name, lambda: main(sys.argv[1:]))

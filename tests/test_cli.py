@@ -289,6 +289,7 @@ def base_args(assets, *extra: str) -> list[str]:
             "asks for FSDP",
         ),
         (["--reward_funcs", "think_format_reward", "--accelerate_config", "multi_gpu"], "starts 8 GPU processes"),
+        (["--reward_funcs", "think_format_reward", "--model_revision", "v2"], "is a local folder, which transformers"),
     ],
 )
 def test_launcher_rejects_bad_arguments_before_launching(workdir, assets, capsys, monkeypatch, extra, message):
@@ -314,6 +315,19 @@ def test_reward_column_and_split_errors_before_model_loading(workdir, assets, ca
         ),
     )
     assert "the dataset has no split 'dev'; its splits: ['test', 'train']" in err
+
+
+def test_model_revision_of_a_local_folder_in_the_training_process(workdir, assets, capsys, monkeypatch):
+    """What accelerate starts (and the GSM8K entry point, same path) refuses a revision transformers would ignore
+    (the model is a local folder) before loading anything; TRL's default `main` passes."""
+    monkeypatch.setattr("trl_sapo.cli.training.SAPOTrainer", lambda **kwargs: pytest.fail("model loaded"))
+    args = base_args(assets, "--reward_funcs", "think_format_reward", "--model_revision", "v2")
+    err = exit_message(capsys, lambda: grpo.cli_main(args))
+    assert f"model_revision 'v2' picks a version of a Hub model, but '{assets['policy']}' is a local folder" in err
+    from trl_sapo.launch import check_model_revision
+
+    check_model_revision(str(assets["policy"]), "main")
+    check_model_revision("org/not-a-folder", "v2")
 
 
 def test_unknown_yaml_key_in_the_training_process(workdir, assets, capsys):

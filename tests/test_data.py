@@ -147,7 +147,7 @@ def test_unknown_source_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr("trl_sapo.gsm8k.data.load_dataset", offline)
     with pytest.raises(DataError) as err:
         load_gsm8k("openai/gsm8k", split="train")
-    assert "--dataset_name ../shared/data/gsm8k" in str(err.value) and "--dataset_name synthetic" in str(err.value)
+    assert "such as ../shared/data/gsm8k" in str(err.value) and "or 'synthetic'" in str(err.value)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -100,6 +101,39 @@ def test_cli_invalid_rows_advice_works(eval_script, tiny_model_path, tmp_path):
         eval_script.main(argv)
     flag = re.search(r"(--skip_invalid_rows true) on the command line", str(info.value)).group(1)
     assert eval_script.main([*argv, *flag.split()])["num_examples"] == 2
+
+
+def test_revision_of_a_local_base_is_refused(tiny_model_path, lora_adapter):
+    """transformers and vLLM ignore a revision for a local folder: refused whether the folder is the model, the base
+    under --adapter_path or the base an adapter folder records (lora_adapter's is tiny_model_path); `main` passes."""
+    for model, adapter in ((tiny_model_path, None), (tiny_model_path, lora_adapter), (lora_adapter, None)):
+        with pytest.raises(ValueError, match="is a local folder, which transformers loads as it is"):
+            load_model_for_eval(model, adapter, device="cpu", revision="v2")
+    evaluation.check_base_revision("org/base-on-the-hub", None, "v2")  # a Hub id: the revision is used
+    load_model_for_eval(tiny_model_path, device="cpu", revision="main")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model_revision", "v2", "--dataset", "synthetic"], "model_revision 'v2' picks a version of a Hub model"),
+        (["--dataset", "/no/such/gsm8k"], "'/no/such/gsm8k' is not a local path"),
+    ],
+)
+def test_cli_user_errors_are_one_line_and_status_2(tiny_model_path, extra, message):
+    """`python scripts/gsm8k_eval.py` as a user runs it: a bad option or dataset prints `gsm8k_eval.py: error:
+    <message>` and exits 2, without a traceback (it printed one and exited 1 before)."""
+    import subprocess
+
+    from trl_sapo.tools.offline import OFFLINE_ENV
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gsm8k_eval.py"
+    command = [sys.executable, str(script), "--model_name_or_path", str(tiny_model_path), "--limit", "2", *extra]
+    result = subprocess.run(command, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.startswith("gsm8k_eval.py: error: ") and message in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
 
 
 def test_batched_greedy_matches_unbatched(tiny):

@@ -14,6 +14,17 @@ import yaml
 logger = logging.getLogger(__name__)
 
 
+def check_model_revision(model_name_or_path: str, revision: str | None) -> None:
+    """Refuse a Hub revision for a local model folder: transformers ignores `revision` for a path, so the run would
+    load whatever the folder holds while its config says otherwise. `main` (TRL's default) passes."""
+    if revision not in (None, "main") and os.path.isdir(model_name_or_path):
+        raise ValueError(
+            f"model_revision {revision!r} picks a version of a Hub model, but {model_name_or_path!r} is a local "
+            "folder, which transformers loads as it is (the revision would be ignored): drop model_revision, or give "
+            "the Hub id."
+        )
+
+
 def precision_defaults() -> dict[str, bool]:
     """Parser defaults that replace GRPOConfig's `bf16=True` where that cannot run (no bf16-capable accelerator):
     `bf16=False`, and `use_cpu=True` when there is no accelerator at all (multi-process CPU runs need it)."""

@@ -29,7 +29,7 @@ from trl.scripts.grpo import GRPOScriptArguments
 
 from ..checkpoints import document_resume_option
 from ..config import SAPOConfig
-from ..launch import parse_with_precision_defaults, precision_defaults
+from ..launch import check_model_revision, parse_with_precision_defaults, precision_defaults
 from .async_args import async_model_config, check_async_args, is_async_config
 from .rewards import grpo_reward_registry, resolve_reward_funcs
 from .training import TrainingPlan, UsageError, run_entry_point, run_training, user_errors
@@ -151,6 +151,7 @@ def check_args(script_args, training_args: SAPOConfig, model_args: ModelConfig, 
     if script_args.ignore_bias_buffers:
         raise UsageError("`ignore_bias_buffers` is a `trl dpo` option; GRPO/SAPO training does not use it.")
     with user_errors():
+        check_model_revision(model_args.model_name_or_path, model_args.model_revision)
         load_rewards(script_args)
 
 

@@ -20,7 +20,7 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from ..checkpoints import resolve_resume_from_checkpoint
 from ..config import SAPOConfig
-from ..launch import check_backend, check_world_size, merge_adapter
+from ..launch import check_backend, check_model_revision, check_world_size, merge_adapter
 from ..run_lock import RunLockError, acquire_run_lock
 from ..trainer import SAPOTrainer
 from .rewards import check_reward_columns
@@ -120,6 +120,7 @@ def run_training(
     # (default: the latest checkpoint in output_dir, if any) / a path (trl_sapo/checkpoints.py). Both are resolved
     # before any loading, so an impossible choice fails at once; both are collectives: every rank calls them.
     with user_errors():
+        check_model_revision(model_args.model_name_or_path, model_args.model_revision)
         run_lock = acquire_run_lock(training_args)
         resume_from = resolve_resume_from_checkpoint(training_args)
         reward_funcs = plan.load_rewards()

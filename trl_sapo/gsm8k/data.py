@@ -125,8 +125,8 @@ def load_gsm8k(
             raise DataError(
                 f"{source!r} is not a local path, and loading it from the Hugging Face Hub "
                 f"(config {config_name!r}, split {split!r}) failed: {type(e).__name__}: {e}. Without Hub access, "
-                "use a local copy (--dataset_name ../shared/data/gsm8k: a folder with train.jsonl/test.jsonl, or a "
-                ".jsonl file) or offline generated problems (--dataset_name synthetic)."
+                "give a local copy as the dataset (a folder with train.jsonl/test.jsonl such as ../shared/data/gsm8k, "
+                "or a .jsonl file) or 'synthetic' (offline generated problems)."
             ) from e
         name = f"{source} ({config_name}, {split})"
     dataset = validate(dataset, skip_invalid=skip_invalid, source=name)

@@ -19,6 +19,7 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from ..launch import check_model_revision
 from .data import FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, build_prompt, validate
 from .rewards import (
     answer_span,
@@ -51,6 +52,15 @@ def adapter_base_model(path: str | os.PathLike) -> str | None:
     return json.loads(config.read_text())["base_model_name_or_path"]
 
 
+def check_base_revision(
+    model_name_or_path: str | os.PathLike, adapter_path: str | os.PathLike | None, revision: str | None
+) -> None:
+    """Refuse ``revision`` when the base model to load at it is a local folder (transformers and vLLM ignore a
+    revision there); the base is ``model_name_or_path``, or the one an adapter folder given as the model records."""
+    base = model_name_or_path if adapter_path is not None else adapter_base_model(model_name_or_path)
+    check_model_revision(str(base or model_name_or_path), revision)
+
+
 def load_model_for_eval(
     model_name_or_path: str | os.PathLike,
     adapter_path: str | os.PathLike | None = None,
@@ -70,6 +80,7 @@ def load_model_for_eval(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_base_revision(model_name_or_path, adapter_path, revision)
     if adapter_path is None and adapter_base_model(model_name_or_path) is not None:
         model_name_or_path, adapter_path = adapter_base_model(model_name_or_path), model_name_or_path
     if adapter_path is not None and adapter_base_model(adapter_path) is None:
