@@ -252,8 +252,9 @@ def gsm8k_realism_status() -> str:
 
 
 def _reading(gain: dict) -> str:
-    """What a mean ± 95 % interval over seeds allows one to say about the change."""
-    if gain["ci95"] is None:
+    """What a mean ± 95 % interval over seeds allows one to say about the change (as `verdict`: not below 3 seeds,
+    where two equal values give a zero-width interval)."""
+    if gain["ci95"] is None or gain.get("n", 3) < 3:
         return "too few seeds"
     if gain["mean"] - gain["ci95"] > 0:
         return "better after training"

@@ -269,3 +269,12 @@ def test_gsm8k_async_status_counts_paired_seeds_until_the_plan_is_met(docs_numbe
     monkeypatch.setattr(docs_numbers, "_study", study(-0.05, 0.03, 5))
     text = docs_numbers.gsm8k_async_status()
     assert "(5 paired seeds)" in text and "partial" not in text and "-0.050 ± 0.030 (5/5), **GRPO ahead**" in text
+
+
+def test_change_reading_needs_three_seeds(docs_numbers):
+    """Two seeds with the same gain give a zero-width interval: that is 'too few seeds', not 'better after training'
+    (the SmolLM2 async table said so at 2 seeds)."""
+    assert docs_numbers._reading({"mean": 0.016, "ci95": 0.0, "n": 2}) == "too few seeds"
+    assert docs_numbers._reading({"mean": 0.016, "ci95": 0.01, "n": 3}) == "better after training"
+    assert docs_numbers._reading({"mean": -0.016, "ci95": 0.01, "n": 3}) == "worse after training"
+    assert docs_numbers._reading({"mean": 0.016, "ci95": 0.02, "n": 3}) == "not separable from no change"
