@@ -62,6 +62,8 @@ def test_a_killed_subprocess_scores_not_equal_is_counted_and_restarts(worker, mo
         return None if hook == "_start" else original(*args)
 
     monkeypatch.setattr(worker, hook, kill_first)
+    if hook == "_read_reply":  # held until the kill: on a loaded machine it could otherwise answer before it
+        os.kill(worker._proc.pid, signal.SIGSTOP)
     with caplog.at_level(logging.WARNING, logger=math_verify_client.__name__):
         assert accuracy_reward(NON_NUMERIC[:1], answer=ANSWERS[:1]) == [0.0]
     assert worker.no_reply == 1 and worker.last_status == "no reply"
