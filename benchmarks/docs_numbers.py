@@ -624,6 +624,12 @@ def gsm8k_async_status(short: bool = False) -> str:
         if vs
         else "no pair yet"
     )
+    if vs and pairs >= 3 and "abs_log_ratio_mean" in vs:  # how far each arm moves the policy (as §2d's copy table)
+        found += (
+            f". How far the policy moves: mean |log r| seen by the loss, paired SAPO − GRPO "
+            f"{_paired_small(vs['abs_log_ratio_mean'])}; KL(π_θ‖π_0) at the end, GRPO "
+            f"{_ms(arms['grpo']['kl_to_init_final'])}, SAPO {_ms(arms['sapo']['kl_to_init_final'])}"
+        )
     minutes = [(r["train_seconds"] + r.get("eval_seconds", 0)) / 60 for r in runs if not r.get("resumed_from")]
     timing = (
         f" Training + held-out evaluation per run: {min(minutes):.1f}-{max(minutes):.1f} min (`OMP_NUM_THREADS=1`, "

@@ -251,7 +251,14 @@ def test_gsm8k_async_status_counts_paired_seeds_until_the_plan_is_met(docs_numbe
 
     def study(mean: float, ci: float | None, n: int):
         diff = {"mean": mean, "ci95": ci, "n": n, "wins": n, "losses": 0}
-        agg = {"lag4": {"arms": {"grpo": {}, "sapo": {"vs_grpo": {"heldout_after": diff, "train_reward_mean": diff}}}}}
+        log_ratio = {"mean": 0.027, "ci95": 0.005, "n": n, "wins": n, "losses": 0}
+        kl = {"grpo": {"kl_to_init_final": {"mean": 0.024, "ci95": 0.004}}}
+        vs = {"heldout_after": diff, "train_reward_mean": diff, "abs_log_ratio_mean": log_ratio}
+        agg = {
+            "lag4": {
+                "arms": {"grpo": kl["grpo"], "sapo": {"kl_to_init_final": {"mean": 0.1, "ci95": 0.02}, "vs_grpo": vs}}
+            }
+        }
         runs = [{"regime": "lag4", "train_seconds": 420.0, "eval_seconds": 120.0},
                 {"regime": "lag4", "train_seconds": 100.0, "eval_seconds": 120.0, "resumed_from": "checkpoint-8"}]  # fmt: skip
         return lambda name: (agg, runs) if name == docs_numbers.GSM8K_ASYNC else None
@@ -269,6 +276,10 @@ def test_gsm8k_async_status_counts_paired_seeds_until_the_plan_is_met(docs_numbe
     monkeypatch.setattr(docs_numbers, "_study", study(-0.05, 0.03, 5))
     text = docs_numbers.gsm8k_async_status()
     assert "(5 paired seeds)" in text and "partial" not in text and "-0.050 ± 0.030 (5/5), **GRPO ahead**" in text
+    assert (
+        "How far the policy moves: mean |log r| seen by the loss, paired SAPO − GRPO +0.027 ± 0.005 (5/5 seeds "
+        "larger), **SAPO larger**; KL(π_θ‖π_0) at the end, GRPO 0.024 ± 0.004, SAPO 0.100 ± 0.020." in text
+    )
 
 
 def test_change_reading_needs_three_seeds(docs_numbers):
