@@ -89,7 +89,7 @@ def test_trl_sapo_async_grpo_two_processes(tmp_path, tiny_model_path):
         **OFFLINE_ENV,
         "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'tests'}",
         "TRL_EXPERIMENTAL_SILENCE": "1",
-    }  # fmt: skip
+    }
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "(2 process(es))" in result.stdout + result.stderr

@@ -252,13 +252,10 @@ def test_gsm8k_async_status_counts_paired_seeds_until_the_plan_is_met(docs_numbe
     def study(mean: float, ci: float | None, n: int):
         diff = {"mean": mean, "ci95": ci, "n": n, "wins": n, "losses": 0}
         log_ratio = {"mean": 0.027, "ci95": 0.005, "n": n, "wins": n, "losses": 0}
-        kl = {"grpo": {"kl_to_init_final": {"mean": 0.024, "ci95": 0.004}}}
         vs = {"heldout_after": diff, "train_reward_mean": diff, "abs_log_ratio_mean": log_ratio}
-        agg = {
-            "lag4": {
-                "arms": {"grpo": kl["grpo"], "sapo": {"kl_to_init_final": {"mean": 0.1, "ci95": 0.02}, "vs_grpo": vs}}
-            }
-        }
+        grpo = {"kl_to_init_final": {"mean": 0.024, "ci95": 0.004}}
+        sapo = {"kl_to_init_final": {"mean": 0.1, "ci95": 0.02}, "vs_grpo": vs}
+        agg = {"lag4": {"arms": {"grpo": grpo, "sapo": sapo}}}
         runs = [{"regime": "lag4", "train_seconds": 420.0, "eval_seconds": 120.0},
                 {"regime": "lag4", "train_seconds": 100.0, "eval_seconds": 120.0, "resumed_from": "checkpoint-8"}]  # fmt: skip
         return lambda name: (agg, runs) if name == docs_numbers.GSM8K_ASYNC else None
